@@ -1,0 +1,170 @@
+"""Helpers to check the built book as a reader's browser sees it, offline.
+
+* :func:`serve` serves a folder on 127.0.0.1 (a free port, a background thread);
+* :func:`find_chromium`, :func:`dump_dom` and :func:`screenshot` drive a headless Chromium with all
+  network access except loopback blocked, so a page that needs the internet (a CDN MathJax, a remote
+  font) shows it;
+* :func:`page_refs` lists the local ``href``/``src`` references of an HTML file, and :func:`http_get`
+  requests them.
+
+Only the standard library is used.  Debian: ``apt-get install chromium``.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import shutil
+import struct
+import subprocess
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+INSTALL_HINT = "chromium not installed: apt-get install chromium"
+
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+)
+
+
+def find_chromium() -> str | None:
+    """Path of a Chromium/Chrome executable, or None."""
+    for name in CHROMIUM_NAMES:
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - signature of the base class
+        pass
+
+
+@contextlib.contextmanager
+def serve(directory: Path) -> Iterator[str]:
+    """Serve ``directory`` over HTTP on 127.0.0.1 and a free port; yields the base URL (ends in '/')."""
+    handler = functools.partial(_QuietHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def _run_chromium(chromium: str, args: list[str], profile_dir: Path, timeout: float) -> subprocess.CompletedProcess:
+    cmd = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def dump_dom(chromium: str, url: str, profile_dir: Path, budget_ms: int = 15000, timeout: float = 180) -> str:
+    """The page's DOM after scripts ran for ``budget_ms`` of virtual time (MathJax included)."""
+    proc = _run_chromium(chromium, [f"--virtual-time-budget={budget_ms}", "--dump-dom", url], profile_dir, timeout)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise RuntimeError(f"chromium --dump-dom {url} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+    return proc.stdout
+
+
+def screenshot(
+    chromium: str, url: str, out: Path, profile_dir: Path, size: tuple[int, int] = (1280, 2400),
+    budget_ms: int = 15000, timeout: float = 180,
+) -> Path:
+    """Save a PNG screenshot of ``url`` (window ``size``) to ``out``."""
+    args = [f"--virtual-time-budget={budget_ms}", f"--window-size={size[0]},{size[1]}", f"--screenshot={out}", url]
+    proc = _run_chromium(chromium, args, profile_dir, timeout)
+    if proc.returncode != 0 or not out.exists():
+        raise RuntimeError(f"chromium --screenshot {url} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+    return out
+
+
+class _RefParser(HTMLParser):
+    ATTRS = {"href", "src"}
+
+    def __init__(self):
+        super().__init__()
+        self.refs: list[tuple[str, str, str]] = []  # (tag, attribute, value)
+
+    def handle_starttag(self, tag, attrs):
+        for name, value in attrs:
+            if name in self.ATTRS and value:
+                self.refs.append((tag, name, value))
+            elif name == "srcset" and value:
+                for part in value.split(","):
+                    if part.strip():
+                        self.refs.append((tag, name, part.strip().split()[0]))
+
+
+def all_refs(html: str) -> list[tuple[str, str, str]]:
+    """Every ``(tag, attribute, value)`` of ``href``/``src``/``srcset`` in ``html``."""
+    parser = _RefParser()
+    parser.feed(html)
+    return parser.refs
+
+
+def is_local(value: str) -> bool:
+    """A reference to the site itself (relative or root-relative), not an external or special URL."""
+    parsed = urllib.parse.urlsplit(value)
+    if parsed.scheme or value.startswith("//"):
+        return False
+    return bool(parsed.path)  # a bare "#anchor" or "?query" stays on the same page
+
+
+def page_refs(page: Path, site_root: Path, base_url: str) -> set[str]:
+    """Absolute URLs (without fragment) of the local references of the HTML file ``page``."""
+    rel = page.relative_to(site_root).as_posix()
+    page_url = urllib.parse.urljoin(base_url, rel)
+    urls = set()
+    for _tag, _attr, value in all_refs(page.read_text(encoding="utf-8")):
+        if is_local(value):
+            url = urllib.parse.urljoin(page_url, value)
+            urls.add(urllib.parse.urldefrag(url)[0])
+    return urls
+
+
+def external_resources(html: str) -> list[str]:
+    """External URLs the page would *load* by itself (scripts, stylesheets, images, frames)."""
+    out = []
+    for tag, attr, value in all_refs(html):
+        if is_local(value) or value.startswith(("#", "mailto:", "data:", "javascript:")):
+            continue
+        if tag in {"script", "img", "iframe", "source", "video", "audio"} and attr in {"src", "srcset"}:
+            out.append(value)
+        elif tag == "link" and attr == "href":
+            out.append(value)
+    return out
+
+
+def http_get(url: str, timeout: float = 30) -> tuple[int, bytes]:
+    """(status, body) of a GET request; HTTP errors give their status and an empty body."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback only
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, b""
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG file's IHDR chunk; ValueError if ``data`` is not a PNG."""
+    if len(data) < 24 or data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        raise ValueError("not a PNG file")
+    return struct.unpack(">II", data[16:24])

@@ -1,0 +1,186 @@
+"""The book builds without a single warning, and its pages work in a browser, offline.
+
+The book is built once per session (``jupyter-book build . -W -n --keep-going``, output in a temporary
+folder, so the repository's ``_build`` is left alone).  The notebooks are not executed by the build:
+their executed ``.ipynb`` files and the figures they wrote (``book/figures/``) must already exist,
+as they do in a checkout.  The browser checks serve the built site on 127.0.0.1 and load every page
+in headless Chromium with the network blocked; they are skipped when Chromium is not installed.
+"""
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("browser_check", Path(__file__).with_name("browser_check.py"))
+bc = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bc)
+
+HEADLINE_FIGURE = "book/figures/headline.png"
+GLUE_KEYS = ("headline_dataset", "headline_profile", "headline_best_locoprop", "headline_best_first_order")
+BUILD_TIMEOUT = 1800
+
+
+def _jupyter_book() -> list[str]:
+    exe = Path(sys.executable).with_name("jupyter-book")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "jupyter_book"]
+
+
+@pytest.fixture(scope="session")
+def book(tmp_path_factory):
+    """(exit code, console output, path of the built html folder)."""
+    out = tmp_path_factory.mktemp("book")
+    cmd = [*_jupyter_book(), "build", str(ROOT), "-W", "-n", "--keep-going", "--path-output", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=BUILD_TIMEOUT, check=False)
+    return proc.returncode, proc.stdout + proc.stderr, out / "_build" / "html"
+
+
+@pytest.fixture(scope="session")
+def site(book):
+    code, output, html = book
+    if code != 0:
+        pytest.fail(f"the book did not build (exit {code}); see test_book_builds_without_warnings:\n{output[-3000:]}")
+    return html
+
+
+@pytest.fixture(scope="session")
+def pages(site) -> list[Path]:
+    """The HTML pages of the book's chapters (the toc's files), not Sphinx's search/index pages."""
+    found = sorted(p for p in site.rglob("*.html") if p.parent.name in {"book", "notebooks"})
+    assert found, f"no chapter pages under {site}"
+    return found
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    path = bc.find_chromium()
+    if path is None:
+        pytest.skip(bc.INSTALL_HINT)
+    return path
+
+
+@pytest.fixture(scope="session")
+def server(site):
+    with bc.serve(site) as url:
+        yield url
+
+
+def test_book_builds_without_warnings(book):
+    code, output, _ = book
+    warnings = [line for line in output.splitlines() if "WARNING" in line or "ERROR" in line]
+    assert code == 0, f"jupyter-book exited with {code}:\n" + "\n".join(warnings or output.splitlines()[-40:])
+    assert not warnings, "the build printed warnings:\n" + "\n".join(warnings)
+
+
+def test_every_toc_entry_is_built(site):
+    import yaml
+
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [toc["root"]] + [ch["file"] for part in toc.get("parts", []) for ch in part.get("chapters", [])]
+    missing = [f for f in files if not (site / f"{Path(f).with_suffix('')}.html").exists()]
+    assert not missing, f"toc entries without a built page: {missing}"
+
+
+def test_landing_page_shows_headline_figure_and_glued_numbers(site):
+    html = (site / "book" / "index.html").read_text(encoding="utf-8")
+    assert re.search(r"<img[^>]+src=\"[^\"]*headline\.png\"", html), "no headline figure <img> on index"
+    text = re.sub(r"<[^>]+>", " ", html)
+    for marker in ("{glue", "glue:text", "::headline_"):
+        assert marker not in text, f"unresolved glue reference {marker!r} on the landing page"
+    assert html.count('class="pasted-text"') >= len(GLUE_KEYS), "glued headline values missing on the landing page"
+
+
+def test_pages_have_no_unresolved_roles(pages):
+    for page in pages:
+        text = re.sub(r"<[^>]+>", " ", page.read_text(encoding="utf-8"))
+        for marker in ("{eq}", "{prf:ref}", "{cite", "{glue", "{doc}", "{numref}"):
+            assert marker not in text, f"{page.name}: unresolved {marker}"
+
+
+def _html_files(site: Path) -> list[Path]:
+    """Every HTML page of the site (the theme's template fragments under _static/ are not pages)."""
+    return sorted(p for p in site.rglob("*.html") if "_static" not in p.relative_to(site).parts)
+
+
+def test_site_loads_nothing_from_the_internet(site):
+    offenders = {}
+    for page in _html_files(site):
+        ext = bc.external_resources(page.read_text(encoding="utf-8"))
+        if ext:
+            offenders[page.relative_to(site).as_posix()] = ext
+    assert not offenders, f"pages load external resources (the book must work offline): {offenders}"
+
+
+def test_no_local_link_is_broken(site, server):
+    urls: dict[str, str] = {}
+    for page in _html_files(site):
+        for url in bc.page_refs(page, site, server):
+            urls.setdefault(url, page.relative_to(site).as_posix())
+    assert urls
+    broken = {}
+    for url, page in sorted(urls.items()):
+        status, _ = bc.http_get(url)
+        if status != 200:
+            broken[url] = (status, page)
+    assert not broken, f"local references that do not return 200: {broken}"
+
+
+def test_favicon_is_served(site, server):
+    html = (site / "book" / "index.html").read_text(encoding="utf-8")
+    match = re.search(r"<link[^>]+rel=\"icon\"[^>]+href=\"([^\"]+)\"|<link[^>]+href=\"([^\"]+)\"[^>]+rel=\"icon\"", html)
+    assert match, "no favicon <link rel=icon> (the browser would request /favicon.ico and get 404)"
+    href = match.group(1) or match.group(2)
+    status, body = bc.http_get(bc.urllib.parse.urljoin(server + "book/index.html", href))
+    assert status == 200 and body, f"favicon {href} returned HTTP {status}"
+
+
+def test_headline_figure_is_served_as_an_image(site, server):
+    html = (site / "book" / "index.html").read_text(encoding="utf-8")
+    src = re.search(r"<img[^>]+src=\"([^\"]*headline\.png)\"", html).group(1)
+    status, body = bc.http_get(bc.urllib.parse.urljoin(server + "book/index.html", src))
+    assert status == 200, f"headline figure {src} returned HTTP {status}"
+    width, height = bc.png_size(body)
+    assert width > 0 and height > 0
+
+
+def test_pages_render_math_in_chromium(pages, site, server, chromium, tmp_path_factory):
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    failures = []
+    for page in pages:
+        rel = page.relative_to(site).as_posix()
+        html = page.read_text(encoding="utf-8")
+        n_math = len(re.findall(r"class=\"math notranslate nohighlight\"", html))
+        dom = bc.dump_dom(chromium, server + rel, profile)
+        n_rendered = dom.count("<mjx-container")
+        if "<mjx-merror" in dom:
+            failures.append(f"{rel}: MathJax reported an error (mjx-merror)")
+        if n_math and n_rendered < n_math:
+            failures.append(f"{rel}: {n_math} math elements but only {n_rendered} rendered by MathJax")
+        if rel == "book/index.html":
+            if not re.search(r"<img[^>]+headline\.png", dom):
+                failures.append("book/index.html: headline <img> missing from the rendered page")
+    assert not failures, "\n".join(failures)
+
+
+def test_method_page_has_math(pages):
+    method = next(p for p in pages if p.name == "method.html")
+    html = method.read_text(encoding="utf-8")
+    assert html.count("class=\"math notranslate nohighlight\"") > 50
+    assert re.search(r"class=\"eqno\">\(\d+\)", html), "numbered equations missing on the method page"
+
+
+def test_screenshots(site, server, chromium, tmp_path_factory):
+    """Screenshots of the landing page and the method page, for a human to look at (path printed)."""
+    out = tmp_path_factory.mktemp("screenshots")
+    profile = tmp_path_factory.mktemp("chromium-shots")
+    for name in ("index", "method"):
+        shot = bc.screenshot(chromium, f"{server}book/{name}.html", out / f"{name}.png", profile)
+        width, height = bc.png_size(shot.read_bytes())
+        assert (width, height) == (1280, 2400)
+        assert shot.stat().st_size > 20_000, f"{shot} looks blank"
+    print(f"screenshots in {out}")

@@ -1,0 +1,121 @@
+"""Linear algebra shared by K-FAC and Shampoo: batched, failure-tolerant inverses and roots.
+
+Every routine works on a stack of matrices (batch, n, n), never raises on a numerical failure and
+never returns non-finite values: a float32 failure is retried in float64, and what still fails
+keeps the caller's previous result.  Also the hyper-parameter check both optimizers use.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["check_hparam", "by_shape", "eigh_with_retry", "inverse_root", "damped_cholesky_inverse"]
+
+
+
+def check_hparam(owner: str, name: str, value: Any, test: Callable[[Any], bool], allowed: str) -> None:
+    """Raise ``ValueError`` naming ``name``, its ``value`` and the ``allowed`` range unless ``test(value)``."""
+    try:
+        ok = bool(test(value))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{owner}: invalid {name}={value!r}; allowed: {allowed}")
+
+
+def by_shape(mats: Sequence[Tensor], key: Callable[[int], Any] = lambda i: None) -> list[list[int]]:
+    """Indices of ``mats`` grouped by (shape, dtype, device, ``key(i)``), so each group can be stacked."""
+    groups: dict[Any, list[int]] = defaultdict(list)
+    for i, m in enumerate(mats):
+        groups[(tuple(m.shape), m.dtype, m.device, key(i))].append(i)
+    return list(groups.values())
+
+
+def _eye_like(mats: Tensor) -> Tensor:
+    return torch.eye(mats.shape[-1], dtype=mats.dtype, device=mats.device).expand_as(mats)
+
+
+def _finite(x: Tensor, dims: int) -> Tensor:
+    """Per-matrix (or per-vector) all-finite flag over the last ``dims`` dimensions."""
+    return torch.isfinite(x).flatten(-dims).all(-1)
+
+
+def eigh_with_retry(mats: Tensor, retry_float64: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Batched symmetric eigendecomposition :math:`M = Q\,\mathrm{diag}(\lambda)\,Q^\top` that does not raise.
+
+    ``mats`` is (batch, n, n).  Non-finite inputs are replaced by :math:`I` and flagged; a float32
+    ``torch.linalg.eigh`` failure is retried in float64 (if ``retry_float64``).  Returns
+    ``(eigenvalues, eigenvectors, ok)`` in the input dtype, where ``ok`` (batch,) is False for
+    matrices whose decomposition failed or is not finite: the caller must not use those.
+    """
+    finite_in = _finite(mats, 2)
+    sym = torch.where(finite_in[:, None, None], 0.5 * (mats + mats.transpose(-1, -2)), _eye_like(mats))
+    try:
+        vals, vecs = torch.linalg.eigh(sym)
+    except torch.linalg.LinAlgError:
+        if not retry_float64 or sym.dtype == torch.float64:
+            return sym.new_zeros(sym.shape[:-1]), _eye_like(sym).clone(), torch.zeros_like(finite_in)
+        try:
+            vals, vecs = (t.to(sym.dtype) for t in torch.linalg.eigh(sym.double()))
+        except torch.linalg.LinAlgError:
+            return sym.new_zeros(sym.shape[:-1]), _eye_like(sym).clone(), torch.zeros_like(finite_in)
+    ok = finite_in & _finite(vals, 1) & _finite(vecs, 2)
+    return vals, vecs, ok
+
+
+def inverse_root(
+    mats: Tensor,
+    exponent: float,
+    epsilon: float,
+    relative: bool,
+    previous: Tensor,
+    retry_float64: bool = True,
+) -> Tensor:
+    r"""Batched :math:`(M + \epsilon I)^{-1/p}` by ``eigh``, keeping ``previous`` where it fails.
+
+    Eigenvalues are clamped at 0; with ``relative`` the shift is :math:`\epsilon\lambda_{\max}(M)`;
+    directions with :math:`\lambda + \epsilon = 0` get 0 (pseudo-inverse).
+    """
+    vals, vecs, ok = eigh_with_retry(mats, retry_float64)
+    vals = vals.clamp_min(0.0)
+    shifted = vals + (epsilon * vals.amax(-1, keepdim=True) if relative else epsilon)
+    scale = torch.where(shifted > 0, shifted, 1.0).pow(-1.0 / exponent)
+    scale = torch.where(shifted > 0, scale, 0.0)
+    root = (vecs * scale[..., None, :]) @ vecs.transpose(-1, -2)
+    ok = ok & _finite(root, 2)
+    return torch.where(ok[:, None, None], root, previous)
+
+
+def damped_cholesky_inverse(
+    mats: Tensor, shifts: Tensor, previous: Tensor | None = None, retry_float64: bool = True
+) -> Tensor:
+    r"""Batched :math:`(M_i + s_i I)^{-1}` by Cholesky, never non-finite.
+
+    ``mats`` (batch, n, n) symmetric PSD, ``shifts`` (batch,).  Matrices whose float32 factorisation
+    fails are refactorised in float64 (``retry_float64``; this needs one host check of the failure
+    flags); those that still fail, or give non-finite inverses, get ``previous`` (default identity).
+    """
+    eye = torch.eye(mats.shape[-1], dtype=mats.dtype, device=mats.device)
+    damped = 0.5 * (mats + mats.transpose(-1, -2)) + shifts[:, None, None] * eye
+
+    def attempt(m: Tensor) -> tuple[Tensor, Tensor]:
+        # M = C C^T, M^{-1} = C^{-T} C^{-1}; failed factors are swapped for I first so that the
+        # triangular solve (which, unlike cholesky_inverse, does no error check) stays finite.
+        chol, info = torch.linalg.cholesky_ex(m)
+        eye_m = torch.eye(m.shape[-1], dtype=m.dtype, device=m.device)
+        chol = torch.where((info == 0)[:, None, None], chol, eye_m)
+        chol_inv = torch.linalg.solve_triangular(chol, eye_m.expand_as(m), upper=False)
+        inv = chol_inv.transpose(-1, -2) @ chol_inv
+        ok = (info == 0) & torch.isfinite(inv).flatten(-2).all(-1)
+        return inv.to(mats.dtype), ok
+
+    inv, ok = attempt(damped)
+    if retry_float64 and damped.dtype != torch.float64 and not bool(ok.all()):  # the one host check
+        inv64, ok64 = attempt(damped.double())
+        inv, ok = torch.where(ok[:, None, None], inv, inv64), ok | ok64
+    fallback = eye.expand_as(mats) if previous is None else previous
+    return torch.where(ok[:, None, None], inv, fallback)

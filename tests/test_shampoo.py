@@ -1,0 +1,278 @@
+"""Shampoo: steps against a float64 NumPy reference, blocking, robustness, checkpointing, training."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from locoprop.models import deep_autoencoder, reconstruction_loss
+from locoprop.optim.shampoo import DEFAULT_LR, Shampoo
+
+GRAFTINGS = ["none", "sgd", "adagrad", "rmsprop", "adam"]
+
+
+def np_root(M, p, eps, relative):
+    vals, vecs = np.linalg.eigh(M)
+    vals = np.clip(vals, 0, None)
+    shift = eps * vals.max() if relative else eps
+    return vecs @ np.diag((vals + shift) ** (-1.0 / p)) @ vecs.T
+
+
+def reference_directions(grads, grafting, statistics="adagrad", eps=1e-4, relative=False, p=4,
+                         beta2=0.9, g_beta2=0.99, g_eps=1e-8):
+    """Float64 NumPy Shampoo directions, preconditioning from step 1, every step."""
+    out = []
+    G0 = grads[0]
+    vector = G0.ndim == 1
+    L = np.zeros((G0.shape[0],) * 2)
+    R = None if vector else np.zeros((G0.shape[1],) * 2)
+    D = np.zeros_like(G0)
+    v = np.zeros_like(G0)
+    for t, G in enumerate(grads, 1):
+        if statistics == "ema":
+            c = 1 - beta2**t
+            if vector:
+                D = beta2 * D + (1 - beta2) * G * G
+            else:
+                L = beta2 * L + (1 - beta2) * G @ G.T
+                R = beta2 * R + (1 - beta2) * G.T @ G
+        else:
+            c = 1.0
+            if vector:
+                D = D + G * G
+            else:
+                L, R = L + G @ G.T, R + G.T @ G
+        if vector:
+            d = D / c
+            shift = eps * d.max() if relative else eps
+            direction = G * (d + shift) ** (-2.0 / p)
+        else:
+            direction = np_root(L / c, p, eps, relative) @ G @ np_root(R / c, p, eps, relative)
+        if grafting == "adagrad":
+            v = v + G * G
+            graft = G / (np.sqrt(v) + g_eps)
+        elif grafting in ("rmsprop", "adam"):
+            v = g_beta2 * v + (1 - g_beta2) * G * G
+            vhat = v / (1 - g_beta2**t) if grafting == "adam" else v
+            graft = G / (np.sqrt(vhat) + g_eps)
+        else:
+            graft = G
+        if grafting != "none":
+            direction = direction * np.linalg.norm(graft) / np.linalg.norm(direction)
+        out.append(direction)
+    return out
+
+
+def run_steps(params, grads_per_param, **options):
+    opt = Shampoo(params, lr=1.0, momentum=0.0, precondition_frequency=1, start_preconditioning_step=1, **options)
+    steps = []
+    for grads in grads_per_param:
+        before = [p.detach().clone() for p in params]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt.step()
+        steps.append([b - p.detach() for b, p in zip(before, params)])
+    return steps
+
+
+@pytest.mark.parametrize("grafting", GRAFTINGS)
+@pytest.mark.parametrize("statistics, relative", [("adagrad", False), ("ema", True)])
+def test_step_matches_numpy_reference(grafting, statistics, relative):
+    rng = np.random.default_rng(0)
+    grads_w = [rng.standard_normal((5, 3)) for _ in range(4)]
+    grads_b = [rng.standard_normal(5) for _ in range(4)]
+    w = torch.nn.Parameter(torch.tensor(rng.standard_normal((5, 3))))
+    b = torch.nn.Parameter(torch.tensor(rng.standard_normal(5)))
+    options = dict(grafting=grafting, statistics=statistics, beta2=0.9, grafting_beta2=0.99,
+                   epsilon=1e-4, epsilon_mode="relative" if relative else "absolute")
+    got = run_steps([w, b], [[torch.tensor(gw), torch.tensor(gb)] for gw, gb in zip(grads_w, grads_b)], **options)
+    ref_kwargs = dict(statistics=statistics, eps=1e-4, relative=relative)
+    ref_w = reference_directions(grads_w, grafting, **ref_kwargs)
+    ref_b = reference_directions(grads_b, grafting, **ref_kwargs)
+    for (dw, db), rw, rb in zip(got, ref_w, ref_b):
+        np.testing.assert_allclose(dw.numpy(), rw, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(db.numpy(), rb, rtol=1e-9, atol=1e-12)
+
+
+def test_float32_step_close_to_reference_and_exponent_is_used():
+    rng = np.random.default_rng(1)
+    grads = [rng.standard_normal((6, 4)) for _ in range(3)]
+    w = torch.nn.Parameter(torch.zeros(6, 4))
+    got = run_steps([w], [[torch.tensor(g, dtype=torch.float32)] for g in grads], grafting="none", epsilon=1e-3,
+                    epsilon_mode="absolute", exponent=2)
+    ref = reference_directions(grads, "none", eps=1e-3, p=2)
+    np.testing.assert_allclose(got[-1][0].numpy(), ref[-1], rtol=2e-3, atol=1e-4)
+
+
+def test_grafting_before_start_and_momentum():
+    rng = np.random.default_rng(2)
+    grads = [rng.standard_normal((4, 3)) for _ in range(4)]
+    w = torch.nn.Parameter(torch.tensor(np.zeros((4, 3))))
+    lr, mu = 0.1, 0.9
+    opt = Shampoo([w], lr=lr, momentum=mu, nesterov=True, grafting="adagrad", epsilon=1e-4,
+                  epsilon_mode="absolute", precondition_frequency=2, start_preconditioning_step=3)
+    ref = reference_directions(grads, "adagrad", eps=1e-4)
+    acc = np.zeros((4, 3))
+    buf = np.zeros((4, 3))
+    expected = np.zeros((4, 3))
+    for t, G in enumerate(grads, 1):
+        acc += G * G
+        if t < 3:
+            direction = G / (np.sqrt(acc) + 1e-8)  # AdaGrad alone
+        elif t == 3:
+            direction = ref[2]  # roots computed at step 3
+        else:  # step 4 still uses the step-3 roots with the step-4 gradient and graft norm
+            L = sum(g @ g.T for g in grads[:3])
+            R = sum(g.T @ g for g in grads[:3])
+            direction = np_root(L, 4, 1e-4, False) @ G @ np_root(R, 4, 1e-4, False)
+            direction *= np.linalg.norm(G / (np.sqrt(acc) + 1e-8)) / np.linalg.norm(direction)
+        buf = mu * buf + direction
+        expected = expected - lr * (direction + mu * buf)
+        w.grad = torch.tensor(G)
+        opt.step()
+        np.testing.assert_allclose(w.detach().numpy(), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_blocking_matches_unblocked_on_block_diagonal_statistics():
+    rng = np.random.default_rng(3)
+    grads = []
+    for _ in range(3):
+        G = np.zeros((6, 4))
+        G[:3, :3] = rng.standard_normal((3, 3))
+        G[3:, 3:] = rng.standard_normal((3, 1))
+        grads.append([torch.tensor(G)])
+    results = []
+    for max_dim in (3, 1024):
+        w = torch.nn.Parameter(torch.zeros(6, 4, dtype=torch.float64))
+        results.append(run_steps([w], grads, grafting="none", epsilon=1e-3, epsilon_mode="absolute",
+                                 max_preconditioner_dim=max_dim))
+    for blocked, unblocked in zip(*results):
+        np.testing.assert_allclose(blocked[0].numpy(), unblocked[0].numpy(), rtol=1e-9, atol=1e-12)
+    # And on a generic gradient each block is preconditioned by its own statistics.
+    G = rng.standard_normal((6, 4))
+    w = torch.nn.Parameter(torch.zeros(6, 4, dtype=torch.float64))
+    (step,), = run_steps([w], [[torch.tensor(G)]], grafting="none", epsilon=1e-3, epsilon_mode="absolute",
+                         max_preconditioner_dim=3)
+    for rows in (slice(0, 3), slice(3, 6)):
+        for cols in (slice(0, 3), slice(3, 4)):
+            ref = reference_directions([G[rows, cols]], "none", eps=1e-3)[0]
+            np.testing.assert_allclose(step.numpy()[rows, cols], ref, rtol=1e-9, atol=1e-12)
+
+
+_REAL_EIGH = torch.linalg.eigh
+
+
+def _fake_eigh(fail_dtypes, calls):
+    def fake(m, *args, **kwargs):
+        calls.append(m.dtype)
+        if m.dtype in fail_dtypes:
+            raise torch.linalg.LinAlgError("forced failure")
+        return _REAL_EIGH(m, *args, **kwargs)
+
+    return fake
+
+
+def test_float64_retry_and_keep_last(monkeypatch):
+    rng = np.random.default_rng(4)
+    grads = [[torch.tensor(rng.standard_normal((5, 3)), dtype=torch.float32)] for _ in range(3)]
+    ref_w = torch.nn.Parameter(torch.zeros(5, 3))
+    reference = run_steps([ref_w], grads, grafting="adam")
+    calls = []
+    monkeypatch.setattr(torch.linalg, "eigh", _fake_eigh((torch.float32,), calls))
+    w = torch.nn.Parameter(torch.zeros(5, 3))
+    retried = run_steps([w], grads, grafting="adam")
+    assert torch.float64 in calls
+    for a, b in zip(reference, retried):
+        torch.testing.assert_close(a[0], b[0], rtol=1e-4, atol=1e-6)
+    # Both precisions fail: the roots of the previous update stay.
+    w = torch.nn.Parameter(torch.zeros(5, 3))
+    opt = Shampoo([w], lr=0.1, precondition_frequency=1, start_preconditioning_step=1)
+    w.grad = grads[0][0].clone()
+    monkeypatch.setattr(torch.linalg, "eigh", _REAL_EIGH)
+    opt.step()
+    saved = [r.clone() for r in opt.state[w]["L_root"] + opt.state[w]["R_root"]]
+    monkeypatch.setattr(torch.linalg, "eigh", _fake_eigh((torch.float32, torch.float64), []))
+    w.grad = grads[1][0].clone()
+    opt.step()
+    for a, b in zip(saved, opt.state[w]["L_root"] + opt.state[w]["R_root"]):
+        assert torch.equal(a, b)
+    assert torch.isfinite(w).all()
+
+
+def test_rank_deficient_and_zero_gradients_stay_finite():
+    w = torch.nn.Parameter(torch.ones(4, 3))
+    b = torch.nn.Parameter(torch.ones(4))
+    opt = Shampoo([w, b], lr=0.1, epsilon=0.0, precondition_frequency=1, start_preconditioning_step=1)
+    for g in (torch.zeros(4, 3), torch.outer(torch.ones(4), torch.tensor([1.0, 0.0, 0.0]))):
+        w.grad, b.grad = g, torch.zeros(4)
+        opt.step()
+        assert torch.isfinite(w).all() and torch.isfinite(b).all()
+
+
+@pytest.mark.parametrize("options", [dict(), dict(statistics="ema", grafting="rmsprop", nesterov=True, weight_decay=1e-3)])
+def test_state_dict_round_trip_is_bit_identical(options):
+    g = torch.Generator().manual_seed(5)
+    data = [torch.rand(10, 8, generator=g) for _ in range(12)]
+    settings = dict(lr=0.01, precondition_frequency=3, start_preconditioning_step=2, **options)
+
+    def train(model, opt, xs):
+        for x in xs:
+            opt.zero_grad()
+            reconstruction_loss(model(x), x).backward()
+            opt.step()
+
+    sizes = (8, 6, 3, 6, 8)
+    model = deep_autoencoder(sizes, seed=0)
+    opt = Shampoo(model.parameters(), **settings)
+    train(model, opt, data[:7])
+    saved_opt = copy.deepcopy(opt.state_dict())
+    saved_model = copy.deepcopy(model.state_dict())
+    train(model, opt, data[7:])
+
+    resumed = deep_autoencoder(sizes, seed=123)
+    resumed.load_state_dict(saved_model)
+    resumed_opt = Shampoo(resumed.parameters(), **settings)
+    resumed_opt.load_state_dict(saved_opt)
+    train(resumed, resumed_opt, data[7:])
+    for a, b in zip(model.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_trains_digits_autoencoder():
+    from sklearn.datasets import load_digits
+
+    X = torch.tensor(load_digits().data, dtype=torch.float32) / 16.0
+    model = deep_autoencoder((64, 32, 16, 8, 16, 32, 64), seed=0)
+    opt = Shampoo(model.parameters(), lr=DEFAULT_LR)
+    with torch.no_grad():
+        initial = reconstruction_loss(model(X), X)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        perm = torch.randperm(len(X), generator=g)
+        for i in range(0, len(X) - 99, 100):
+            x = X[perm[i:i + 100]]
+            opt.zero_grad()
+            reconstruction_loss(model(x), x).backward()
+            opt.step()
+    with torch.no_grad():
+        final = reconstruction_loss(model(X), X)
+    assert final < 0.7 * initial, (float(initial), float(final))
+
+
+@pytest.mark.parametrize("name, value", [
+    ("lr", 0.0), ("momentum", -0.1), ("momentum", 1.0), ("weight_decay", -1.0), ("epsilon", -1e-6),
+    ("epsilon_mode", "rel"), ("statistics", "sum"), ("beta2", 1.0), ("exponent", 0),
+    ("max_preconditioner_dim", 0), ("precondition_frequency", 0), ("start_preconditioning_step", 0),
+    ("grafting", "lamb"), ("grafting_beta2", 1.5), ("grafting_epsilon", 0.0), ("nesterov", 1),
+])
+def test_invalid_hyperparameters_raise(name, value):
+    with pytest.raises(ValueError, match=name):
+        Shampoo([torch.nn.Parameter(torch.zeros(2, 2))], **{name: value})
+
+
+def test_invalid_hyperparameter_in_added_group_raises():
+    opt = Shampoo([torch.nn.Parameter(torch.zeros(2, 2))])
+    with pytest.raises(ValueError, match="precondition_frequency"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], "precondition_frequency": -1})

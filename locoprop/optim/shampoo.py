@@ -41,7 +41,6 @@ on CUDA, on root-update steps only.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import torch
 from torch import Tensor

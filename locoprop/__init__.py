@@ -1,11 +1,11 @@
 """LocoProp (Amid, Anil & Warmuth, AISTATS 2022) and its baselines in PyTorch."""
-from . import models, transfer
+from . import data, models, results, runner, transfer
 from .capture import LayerCapture
 from .optim import OPTIMIZERS, LocoProp, TFRMSProp, make_optimizer
 from .schedules import warmup_linear_decay
 
 __version__ = "0.1.0"
-__all__ = ["LocoProp", "KFAC", "Shampoo", "TFRMSProp", "LayerCapture", "make_optimizer", "OPTIMIZERS", "models", "transfer", "warmup_linear_decay"]
+__all__ = ["LocoProp", "KFAC", "Shampoo", "TFRMSProp", "LayerCapture", "make_optimizer", "OPTIMIZERS", "models", "transfer", "data", "runner", "results", "warmup_linear_decay"]
 
 
 def __getattr__(name):

@@ -1,30 +1,67 @@
-"""Time one training step of each optimizer on the paper's autoencoder.
+"""Benchmark every optimizer on the paper's protocol: time per epoch, memory, FLOP/s.
 
-``python -m locoprop.bench [--device cpu|cuda] [--steps N] [--warmup N] [--batch-size B] [--optimizers ...]``
+``python -m locoprop bench [--device cpu|cuda] [--epochs N] [--warmup-epochs N] [--steps-per-epoch N] ...``
 
-A step is what the training loop does per batch: ``zero_grad``, forward, loss, backward and
-``opt.step`` (with the loss closure for optimizers that ask for one).  Each optimizer gets a fresh
-:func:`~locoprop.models.deep_autoencoder` and one fixed batch of uniform random pixels in [0, 1]
-already on the device; after ``warmup`` untimed steps, each of ``steps`` steps is timed on its own
-(with ``torch.cuda.synchronize()`` before and after on CUDA) and the median is reported, with its
-ratio to Adam's median from the same run.  Steps of optimizers with periodic work (K-FAC inverses,
-Shampoo roots) vary; the median reports the typical step, the mean is listed too.
+An epoch is what the runner does between evaluations: a shuffle on the device, then one training
+step per batch (``zero_grad``, forward, loss, backward, ``opt.step``).  The training set sits on
+the device (synthetic uniform pixels of the paper's size, 60,000 x 784, unless ``--dataset``
+names a real one).  After ``warmup_epochs`` untimed epochs, each of ``epochs`` epochs is timed on
+its own (``torch.cuda.synchronize()`` around it on CUDA) and the median is reported; evaluation
+is not part of an epoch.  For each optimizer the benchmark also reports
+
+* the peak device memory of its epochs (CUDA only),
+* the FLOPs of one training step, counted by ``torch.utils.flop_counter.FlopCounterMode``
+  (matrix products of forward, backward and optimizer step), and the achieved FLOP/s,
+* the ratio of its epoch time to RMSProp's from the same run,
+
+and, once per run, the float32 matrix-multiply ceiling of the device on the shapes of a LocoProp
+local iteration (:math:`XW^\\top` and :math:`\\delta^\\top X` for every layer), against which
+LocoProp's achieved FLOP/s is compared.  K-FAC and Shampoo are timed with their inverse / root
+every step and every 5 steps.  Results are printed and written as JSON under
+``data/results/bench/`` with the device name and package versions.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from .models import PAPER_SIZES, deep_autoencoder, reconstruction_loss
 from .optim import make_optimizer
+from .provenance import atomic_write_text, provenance
 
-__all__ = ["BENCH_OPTIMIZERS", "benchmark", "format_table", "main"]
+__all__ = ["Contender", "CONTENDERS", "benchmark", "matmul_ceiling", "format_table", "main"]
 
-BENCH_OPTIMIZERS = ("sgd", "rmsprop", "adam", "kfac", "shampoo", "locoprop-s", "locoprop-m")
+
+@dataclass(frozen=True)
+class Contender:
+    """One line of the benchmark: an optimizer name, a label and extra hyper-parameters."""
+
+    label: str
+    optimizer: str
+    hparams: dict = field(default_factory=dict)
+
+
+CONTENDERS = (
+    Contender("sgd", "sgd"),
+    Contender("momentum", "momentum"),
+    Contender("adagrad", "adagrad"),
+    Contender("rmsprop", "rmsprop"),
+    Contender("adam", "adam"),
+    Contender("kfac (inverse every step)", "kfac", {"inverse_update_freq": 1}),
+    Contender("kfac (inverse every 5)", "kfac", {"inverse_update_freq": 5}),
+    Contender("shampoo (root every step)", "shampoo", {"precondition_frequency": 1, "start_preconditioning_step": 1}),
+    Contender("shampoo (root every 5)", "shampoo", {"precondition_frequency": 5, "start_preconditioning_step": 1}),
+    Contender("locoprop-s", "locoprop-s"),
+    Contender("locoprop-m", "locoprop-m"),
+)
 
 
 def _sync(device: torch.device) -> None:
@@ -32,84 +69,176 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _training_step(model, opt, closure_for):
+    def step(xb):
+        opt.zero_grad(set_to_none=True)
+        loss = reconstruction_loss(model(xb), xb)
+        loss.backward()
+        opt.step(closure_for(xb))
+        return loss
+    return step
+
+
+def matmul_ceiling(sizes: Sequence[int], batch_size: int, device: torch.device, repeats: int = 20) -> float:
+    """Float32 FLOP/s of the matrix products of one LocoProp local iteration, on ``device``."""
+    g = torch.Generator().manual_seed(0)
+    shapes = list(zip(sizes[:-1], sizes[1:]))
+    xs = [torch.rand(batch_size, d_in, generator=g).to(device) for d_in, _ in shapes]
+    ws = [torch.rand(d_out, d_in, generator=g).to(device) for d_in, d_out in shapes]
+    ds = [torch.rand(batch_size, d_out, generator=g).to(device) for _, d_out in shapes]
+
+    def once():
+        for x, w, d in zip(xs, ws, ds):
+            x @ w.T
+            d.T @ x
+    once()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        once()
+    _sync(device)
+    flops = repeats * sum(2 * 2 * batch_size * d_in * d_out for d_in, d_out in shapes)
+    return flops / (time.perf_counter() - start)
+
+
 def benchmark(
-    optimizers: Sequence[str] = BENCH_OPTIMIZERS,
+    contenders: Sequence[Contender] = CONTENDERS,
     device: str | torch.device = "cpu",
-    steps: int = 20,
-    warmup: int = 5,
+    epochs: int = 3,
+    warmup_epochs: int = 1,
+    steps_per_epoch: int | None = None,
     batch_size: int = 1000,
+    data: torch.Tensor | None = None,
     sizes: Sequence[int] = PAPER_SIZES,
     seed: int = 0,
 ) -> list[dict]:
-    """Median step time of each optimizer; one dict per optimizer (keys listed in :func:`format_table`)."""
-    if steps < 1 or warmup < 0 or batch_size < 1:
-        raise ValueError(f"need steps >= 1, warmup >= 0, batch_size >= 1; got {steps}, {warmup}, {batch_size}")
+    """One dict per contender: epoch times, peak memory, FLOPs per step, FLOP/s, ratio to RMSProp."""
+    if epochs < 1 or warmup_epochs < 0 or batch_size < 1 or (steps_per_epoch is not None and steps_per_epoch < 1):
+        raise ValueError(
+            f"need epochs >= 1, warmup_epochs >= 0, batch_size >= 1, steps_per_epoch >= 1; got "
+            f"{epochs}, {warmup_epochs}, {batch_size}, {steps_per_epoch}"
+        )
     device = torch.device(device)
-    x = torch.rand(batch_size, sizes[0], generator=torch.Generator().manual_seed(seed)).to(device)
+    if data is None:
+        data = torch.rand(60_000, sizes[0], generator=torch.Generator().manual_seed(seed))
+    data = data.to(device)
+    n_batches = len(data) // batch_size
+    steps = n_batches if steps_per_epoch is None else min(steps_per_epoch, n_batches)
     rows = []
-    for name in optimizers:
+    for contender in contenders:
         model = deep_autoencoder(sizes, seed=seed).to(device)
-        opt = make_optimizer(name, model)
-        closure = (lambda: reconstruction_loss(model(x), x)) if getattr(opt, "needs_loss_closure", False) else None
+        opt = make_optimizer(contender.optimizer, model, **contender.hparams)
+        wants_closure = getattr(opt, "needs_loss_closure", False)
 
-        def train_step():
-            opt.zero_grad()
-            loss = reconstruction_loss(model(x), x)
-            loss.backward()
-            opt.step(closure)
+        def closure_for(xb):
+            return (lambda: reconstruction_loss(model(xb), xb)) if wants_closure else None
+
+        step = _training_step(model, opt, closure_for)
+        shuffle = torch.Generator(device=device).manual_seed(seed)
+
+        def epoch():
+            perm = torch.randperm(len(data), device=device, generator=shuffle)
+            for i in range(steps):
+                loss = step(data[perm[i * batch_size:(i + 1) * batch_size]])
             return loss
 
-        for _ in range(warmup):
-            train_step()
+        for _ in range(warmup_epochs):
+            epoch()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         times = []
-        for _ in range(steps):
+        for _ in range(epochs):
             _sync(device)
             start = time.perf_counter()
-            loss = train_step()
+            loss = epoch()
             _sync(device)
             times.append(time.perf_counter() - start)
+        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+        with FlopCounterMode(display=False) as counter:
+            step(data[:batch_size])
+        flops = counter.get_total_flops()
+        epoch_s = statistics.median(times)
         rows.append({
-            "optimizer": name,
-            "median_ms": 1e3 * statistics.median(times),
-            "mean_ms": 1e3 * statistics.fmean(times),
-            "min_ms": 1e3 * min(times),
+            "label": contender.label,
+            "optimizer": contender.optimizer,
+            "hparams": contender.hparams,
+            "epoch_s": epoch_s,
+            "epoch_s_all": times,
+            "step_ms": 1e3 * epoch_s / steps,
+            "steps_per_epoch": steps,
+            "peak_memory_mib": None if peak is None else peak / 2**20,
+            "flops_per_step": flops,
+            "tflops": flops * steps / epoch_s / 1e12,
             "final_loss": float(loss.detach()),
-            "steps": steps,
-            "batch_size": batch_size,
-            "device": str(device),
         })
-    adam = next((r["median_ms"] for r in rows if r["optimizer"] == "adam"), None)
+    rmsprop = next((r["epoch_s"] for r in rows if r["optimizer"] == "rmsprop"), None)
     for row in rows:
-        row["ratio_to_adam"] = row["median_ms"] / adam if adam else float("nan")
+        row["ratio_to_rmsprop"] = row["epoch_s"] / rmsprop if rmsprop else None
     return rows
 
 
-def format_table(rows: list[dict]) -> str:
+def format_table(rows: list[dict], ceiling: float | None = None) -> str:
     """The rows as a plain-text table."""
-    lines = [f"{'optimizer':<12} {'median ms':>10} {'mean ms':>10} {'min ms':>10} {'x Adam':>8}"]
+    head = f"{'optimizer':<27} {'epoch s':>9} {'step ms':>9} {'x RMSProp':>9} {'GFLOP/step':>10} {'TFLOP/s':>8} {'peak MiB':>9}"
+    lines = [head]
     for r in rows:
+        ratio = "n/a" if r["ratio_to_rmsprop"] is None else f"{r['ratio_to_rmsprop']:.2f}"
+        peak = "n/a" if r["peak_memory_mib"] is None else f"{r['peak_memory_mib']:.0f}"
         lines.append(
-            f"{r['optimizer']:<12} {r['median_ms']:>10.2f} {r['mean_ms']:>10.2f} {r['min_ms']:>10.2f} "
-            f"{r['ratio_to_adam']:>8.2f}"
+            f"{r['label']:<27} {r['epoch_s']:>9.3f} {r['step_ms']:>9.2f} {ratio:>9} "
+            f"{r['flops_per_step'] / 1e9:>10.2f} {r['tflops']:>8.3f} {peak:>9}"
         )
+    if ceiling is not None:
+        lines.append(f"float32 matmul ceiling on LocoProp's shapes: {ceiling / 1e12:.3f} TFLOP/s")
+        for r in rows:
+            if r["optimizer"].startswith("locoprop"):
+                lines.append(f"{r['label']}: {r['tflops'] * 1e12 / ceiling:.1%} of the ceiling")
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(prog="python -m locoprop.bench", description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m locoprop bench", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per optimizer (median reported)")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per optimizer (median reported)")
+    parser.add_argument("--warmup-epochs", type=int, default=1, help="untimed epochs first")
+    parser.add_argument("--steps-per-epoch", type=int, default=None,
+                        help="time only the first N batches of each epoch (default: the whole epoch)")
     parser.add_argument("--batch-size", type=int, default=1000)
-    parser.add_argument("--optimizers", nargs="+", default=list(BENCH_OPTIMIZERS), metavar="NAME")
+    parser.add_argument("--dataset", default=None, help="time on a real training set (e.g. fashion-mnist)")
+    parser.add_argument("--optimizers", nargs="+", default=None, metavar="NAME",
+                        help="keep only the lines of these optimizers (e.g. adam kfac locoprop-m)")
+    parser.add_argument("--tf32", action="store_true", help="allow TF32 matrix products (default: float32)")
+    parser.add_argument("--results-dir", default=None, help="where bench/*.json goes (default data/results)")
+    parser.add_argument("--no-save", action="store_true", help="print only")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
-    rows = benchmark(args.optimizers, args.device, args.steps, args.warmup, args.batch_size)
-    print(f"device {args.device}, batch {args.batch_size}, {args.warmup} warm-up + {args.steps} timed steps, "
-          f"model {'-'.join(map(str, PAPER_SIZES))}")
-    print(format_table(rows))
-    return rows
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    contenders = [c for c in CONTENDERS if args.optimizers is None or c.optimizer in args.optimizers]
+    if not contenders:
+        parser.error(f"--optimizers: none of {args.optimizers} is benchmarked; choose from "
+                     f"{sorted({c.optimizer for c in CONTENDERS})}")
+    device = torch.device(args.device)
+    data = None
+    if args.dataset is not None:
+        from .data import load
+        data = load(args.dataset, "train", device=device)
+    rows = benchmark(contenders, device, args.epochs, args.warmup_epochs, args.steps_per_epoch,
+                     args.batch_size, data)
+    ceiling = matmul_ceiling(PAPER_SIZES, args.batch_size, device)
+    info = provenance(device)
+    print(f"{info['device_name']}, batch {args.batch_size}, {args.warmup_epochs} warm-up + {args.epochs} timed "
+          f"epochs of {rows[0]['steps_per_epoch']} steps, {'TF32' if args.tf32 else 'float32'}")
+    print(format_table(rows, ceiling))
+    report = {"settings": vars(args), "matmul_ceiling_tflops": ceiling / 1e12, "rows": rows, "provenance": info}
+    if not args.no_save:
+        from .runner import default_results_dir
+        root = Path(args.results_dir) if args.results_dir else default_results_dir()
+        slug = "".join(ch if ch.isalnum() else "-" for ch in info["device_name"]).strip("-").lower()
+        path = root / "bench" / f"{slug}-{time.strftime('%Y%m%dT%H%M%S')}.json"
+        atomic_write_text(path, json.dumps(report, indent=1))
+        print(f"wrote {path}")
+    return report
 
 
 if __name__ == "__main__":

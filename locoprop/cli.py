@@ -1,0 +1,208 @@
+"""Command line: ``python -m locoprop {run,sweep,results,bench} ...`` (``--help`` on each).
+
+Expected errors (bad arguments, missing data, invalid hyper-parameters, conflicting result files)
+exit with status 2 and one line ``locoprop: error: <cause>`` on stderr; an interrupted run exits
+with 130 and is resumed by running the same command again.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from typing import Any
+
+__all__ = ["main", "parse_value"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr (exit status 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value: JSON (numbers, true/false, null, lists) if it parses, else the string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return {"True": True, "False": False, "None": None}.get(text, text)
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value.strip()
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    from .runner import PROFILES
+
+    p.add_argument("--dataset", choices=("digits", "mnist", "fashion-mnist"),
+                   help="default: the profile's (digits for smoke, fashion-mnist for paper)")
+    p.add_argument("--profile", choices=tuple(PROFILES), default="smoke",
+                   help="smoke: CPU, digits, 10 epochs of batch 100; paper: 100 epochs of batch 1000 (default: smoke)")
+    p.add_argument("--lr", type=float, help="learning rate (default: the profile's DEFAULT_HPARAMS)")
+    p.add_argument("--hparam", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                   help="optimizer hyper-parameter (repeatable), e.g. --hparam damping=0.1; values are JSON")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--warmup-epochs", type=int)
+    p.add_argument("--subset", type=int, help="train on the first N training images")
+    p.add_argument("--sizes", type=_int_list, help="autoencoder widths, e.g. 64,32,8,32,64")
+    p.add_argument("--activation", default="tanh", choices=("tanh", "relu", "sigmoid"))
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: the profile's)")
+    p.add_argument("--results-dir", help="default: data/results of the project")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from .optim import OPTIMIZERS
+
+    parser = _Parser(prog="python -m locoprop", description="LocoProp deep-autoencoder benchmark.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("run", help="train one configuration (resumes / skips a finished run)",
+                       description="Train one configuration and write its result files.")
+    p.add_argument("--optimizer", required=True, choices=OPTIMIZERS)
+    p.add_argument("--seed", type=int, default=0)
+    _add_common(p)
+
+    p = sub.add_parser("sweep", help="train a grid of configurations",
+                       description="Train the Cartesian product of optimizers, --grid values and seeds; "
+                                   "finished runs are skipped, diverged runs do not stop the sweep.")
+    p.add_argument("--optimizer", required=True, action="append", metavar="NAME[,NAME...]",
+                   help=f"optimizer(s), comma-separated or repeated; one of {', '.join(OPTIMIZERS)}")
+    p.add_argument("--grid", action="append", type=_key_value, default=[], metavar="KEY=V1,V2,...",
+                   help="an axis of the grid (repeatable): a hyper-parameter (lr, damping ...) or a run field (epochs ...)")
+    p.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated seeds (default: 0)")
+    p.add_argument("--processes", type=int, default=1, help="local worker processes (default: 1)")
+    _add_common(p)
+
+    p = sub.add_parser("results", help="list or summarise result files",
+                       description="List the runs found under the results folder, or summarise them.")
+    p.add_argument("--profile", help="only this profile")
+    p.add_argument("--results-dir", help="default: data/results of the project")
+    p.add_argument("--summary", action="store_true",
+                   help="best final train loss per optimizer with its hyper-parameters")
+
+    sub.add_parser("bench", help="micro-benchmarks (arguments go to locoprop.bench)", add_help=False)
+    return parser
+
+
+def _base_config(args: argparse.Namespace, optimizer: str, seed: int):
+    from .runner import RunConfig
+
+    hparams = {k: parse_value(v) for k, v in args.hparam}
+    if args.lr is not None:
+        hparams["lr"] = args.lr
+    return RunConfig(
+        optimizer=optimizer, dataset=args.dataset, profile=args.profile, hparams=hparams, sizes=args.sizes,
+        activation=args.activation, epochs=args.epochs, batch_size=args.batch_size,
+        warmup_epochs=args.warmup_epochs, seed=seed, device=args.device, subset=args.subset,
+        results_dir=args.results_dir,
+    )
+
+
+def _print_records(result) -> None:
+    import pandas as pd
+
+    table = pd.DataFrame(result.records).set_index("epoch")
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.5g}".format):
+        print(table.to_string())
+    state = "found finished" if result.skipped else result.status
+    extra = f" at epoch {result.diverged_epoch}" if result.diverged_epoch is not None else ""
+    print(f"{result.run_id}: {state}{extra}; results in {result.path}")
+
+
+def _print_frame(df) -> None:
+    import pandas as pd
+
+    with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_colwidth", 80,
+                           "display.float_format", "{:.5g}".format):
+        print(df.to_string(index=False) if not df.empty else "(no results)")
+
+
+def _cmd_run(args) -> int:
+    from .runner import run
+
+    result = run(_base_config(args, args.optimizer, args.seed), progress=not args.quiet)
+    _print_records(result)
+    return 0
+
+
+def _cmd_sweep(args) -> int:
+    from .optim import OPTIMIZERS
+    from .results import frame, summary
+    from .runner import grid, sweep
+
+    names = [n.strip() for group in args.optimizer for n in group.split(",") if n.strip()]
+    unknown = [n for n in names if n not in OPTIMIZERS]
+    if unknown:
+        raise ValueError(f"unknown optimizer(s) {', '.join(unknown)}: choose from {', '.join(OPTIMIZERS)}")
+    axes = {key: [parse_value(v) for v in values.split(",")] for key, values in args.grid}
+    bad = [k for k in axes if k in {"optimizer", "seed", "profile", "results_dir"}]
+    if bad:
+        raise ValueError(f"use --optimizer/--seeds/--profile/--results-dir instead of --grid {bad[0]}=...")
+    configs = []
+    for name in names:
+        for seed in args.seeds:
+            configs += grid(_base_config(args, name, seed), **axes)
+    if args.processes < 1:
+        raise ValueError(f"--processes must be >= 1, got {args.processes}")
+    results = sweep(configs, processes=args.processes, progress=not args.quiet)
+    for r in results:
+        final = r.final
+        print(f"{r.run_id} {r.status:9s} {json.dumps(r.config.hparams, sort_keys=True)} "
+              f"final train loss {final['train_loss']} test loss {final['test_loss']}"
+              + (" (found finished)" if r.skipped else ""))
+    _print_frame(summary(frame(r.payload for r in results)))
+    return 0
+
+
+def _cmd_results(args) -> int:
+    from .results import load_results, summary
+
+    df = load_results(args.results_dir, args.profile)
+    if args.summary:
+        _print_frame(summary(df))
+    else:
+        cols = ["profile", "run_id", "status", "diverged_epoch", "hparams", "epoch", "train_loss", "test_loss",
+                "train_time", "device"]
+        _print_frame(df.sort_values("epoch").groupby("run_id").tail(1)[cols].sort_values(["profile", "run_id"]))
+    return 0
+
+
+def _cmd_bench(argv: list[str]) -> int:
+    if importlib.util.find_spec("locoprop.bench") is None:
+        raise ValueError("the bench command needs the module locoprop.bench, which is not installed in this version")
+    from . import bench
+
+    return int(bench.main(argv) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m locoprop``; returns the exit status."""
+    from .data import DataError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["bench"]:
+            return _cmd_bench(argv[1:])
+        args = _build_parser().parse_args(argv)
+        return {"run": _cmd_run, "sweep": _cmd_sweep, "results": _cmd_results}[args.command](args)
+    except (ValueError, DataError) as err:
+        print(f"locoprop: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("locoprop: interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
+        return 130

@@ -1,0 +1,85 @@
+"""Where a result comes from: git commit, package versions, device, time; and atomic file writes.
+
+Every result file of the project (runs, benchmarks) carries :func:`provenance`, and is written
+with :func:`atomic_write` so that an interrupted write never leaves a half-written file behind.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["PROJECT_ROOT", "atomic_write", "atomic_write_text", "git_state", "device_name", "now", "provenance"]
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Write ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (plus a final newline) to ``path`` atomically."""
+    atomic_write(path, lambda tmp: tmp.write_text(text.rstrip("\n") + "\n"))
+
+
+def git_state() -> tuple[str, bool | None]:
+    """(commit, dirty) of the project checkout, ("unknown", None) outside git."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10,
+                              check=True).stdout
+
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", None
+    try:
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
+    except (OSError, subprocess.SubprocessError):
+        dirty = None
+    return commit, dirty
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's with the number of threads torch uses."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine() or 'unknown'}, {torch.get_num_threads()} threads)"
+
+
+def now() -> str:
+    """The current UTC time, ISO 8601, to the second."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def provenance(device: torch.device | str) -> dict[str, Any]:
+    """Git commit and dirty flag, package versions, device, platform and start time."""
+    from . import __version__
+
+    device = torch.device(device)
+    commit, dirty = git_state()
+    return {
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "numpy": np.__version__, "locoprop": __version__},
+        "device": str(device),
+        "device_name": device_name(device),
+        "platform": platform.platform(),
+        "started": now(),
+    }

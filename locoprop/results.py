@@ -1,0 +1,104 @@
+"""Result files as tables: one row per run and epoch, and a per-optimizer summary.
+
+The runner writes ``<results_dir>/<profile>/<run_id>.json`` (see :mod:`locoprop.runner`);
+:func:`load_results` reads them into a ``pandas.DataFrame`` with the columns :data:`COLUMNS`,
+and :func:`summary` picks, per (profile, dataset, optimizer), the hyper-parameters with the best
+final train loss (averaged over seeds).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["COLUMNS", "ResultsError", "frame", "load_results", "summary"]
+
+RUN_COLUMNS = ("run_id", "profile", "dataset", "optimizer", "seed", "hparams", "status", "diverged_epoch",
+               "device", "git_commit")
+RECORD_COLUMNS = ("epoch", "train_loss", "test_loss", "train_squared_error", "test_squared_error",
+                  "epoch_time", "train_time", "lr")
+COLUMNS = RUN_COLUMNS[:6] + RECORD_COLUMNS + RUN_COLUMNS[6:]
+
+
+class ResultsError(ValueError):
+    """A result file cannot be read or lacks what a result file holds."""
+
+
+def frame(payloads: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Rows (run x epoch) with :data:`COLUMNS` from result documents; ``hparams`` is a sorted-key JSON string."""
+    rows = []
+    for doc in payloads:
+        cfg, prov = doc["config"], doc["provenance"]
+        run = {
+            "run_id": doc["run_id"], "profile": cfg["profile"], "dataset": cfg["dataset"],
+            "optimizer": cfg["optimizer"], "seed": cfg["seed"], "hparams": json.dumps(cfg["hparams"], sort_keys=True),
+            "status": doc["status"], "diverged_epoch": doc["diverged_epoch"],
+            "device": prov.get("device_name", prov.get("device")), "git_commit": prov.get("git_commit"),
+        }
+        rows.extend({**run, **{k: rec.get(k) for k in RECORD_COLUMNS}} for rec in doc["records"])
+    df = pd.DataFrame(rows, columns=list(COLUMNS))
+    for col in RECORD_COLUMNS[1:]:
+        df[col] = df[col].astype(float)  # null (a non-finite value) -> NaN
+    df["diverged_epoch"] = df["diverged_epoch"].astype("Int64")
+    return df
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text())
+        for key in ("run_id", "status", "config", "provenance", "records"):
+            doc[key]  # noqa: B018 -- presence check
+        return doc
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ResultsError(f"corrupt result file {path}: {type(err).__name__}: {err}; "
+                           f"move it away or delete it and rerun that configuration") from None
+
+
+def load_results(results_dir: str | Path | None = None, profile: str | None = None) -> pd.DataFrame:
+    """All results under ``results_dir`` (default ``data/results``), of one ``profile`` or all of them.
+
+    Returns an empty frame with :data:`COLUMNS` when there are none.
+    """
+    from .runner import default_results_dir
+
+    root = Path(results_dir) if results_dir is not None else default_results_dir()
+    folders = [root / profile] if profile is not None else sorted(p for p in root.glob("*") if p.is_dir())
+    paths = sorted(p for folder in folders for p in folder.glob("*.json"))
+    return frame(_read(p) for p in paths)
+
+
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (profile, dataset, optimizer): the hyper-parameters with the best final train loss.
+
+    A setting's score is its final train loss averaged over seeds; settings with a diverged seed
+    are ranked after all others.  Columns: the key, ``hparams``, ``seeds``, ``final_train_loss``,
+    ``final_test_loss``, ``final_train_squared_error``, ``final_test_squared_error``, ``epochs``,
+    ``epoch_time`` (mean seconds per training epoch), ``settings`` (number tried) and
+    ``diverged`` (number of diverged runs of that optimizer).  Sorted by final train loss.
+    """
+    key = ["profile", "dataset", "optimizer"]
+    out_cols = key + ["hparams", "seeds", "final_train_loss", "final_test_loss", "final_train_squared_error",
+                      "final_test_squared_error", "epochs", "epoch_time", "settings", "diverged"]
+    if df.empty:
+        return pd.DataFrame(columns=out_cols)
+    last = df.sort_values("epoch").groupby("run_id", sort=False).tail(1)
+    timing = df[df["epoch"] > 0].groupby("run_id")["epoch_time"].mean().rename("run_epoch_time")
+    last = last.join(timing, on="run_id")
+    settings = last.groupby(key + ["hparams"], as_index=False).agg(
+        seeds=("seed", "nunique"),
+        final_train_loss=("train_loss", "mean"),
+        final_test_loss=("test_loss", "mean"),
+        final_train_squared_error=("train_squared_error", "mean"),
+        final_test_squared_error=("test_squared_error", "mean"),
+        epochs=("epoch", "max"),
+        epoch_time=("run_epoch_time", "mean"),
+        n_diverged=("status", lambda s: int((s == "diverged").sum())),
+    )
+    settings["rank_key"] = settings["final_train_loss"].where(settings["n_diverged"] == 0, float("inf")).fillna(float("inf"))
+    counts = settings.groupby(key).agg(settings=("hparams", "size"), diverged=("n_diverged", "sum"))
+    best = settings.sort_values(["rank_key", "final_train_loss"]).groupby(key, as_index=False).head(1)
+    best = best.join(counts, on=key)
+    return best.sort_values(["profile", "dataset", "rank_key"])[out_cols].reset_index(drop=True)

@@ -1,0 +1,582 @@
+r"""The experiment runner: one configuration in, per-epoch records and a result file out.
+
+Every optimizer is trained by the same loop (batches drawn without replacement from a permutation
+of the training set, the last incomplete batch dropped)::
+
+    opt.zero_grad(set_to_none=True)
+    loss = reconstruction_loss(model(x), x)
+    loss.backward()
+    opt.step(closure) if opt.needs_loss_closure else opt.step()
+    scheduler.step()            # linear warm-up, then linear decay to zero
+
+with the data on the device once and no host synchronisation inside an epoch.  Epoch 0 records
+the untrained model; after every epoch the full train and test sets are evaluated under
+``torch.no_grad()`` (not counted in the training time): sigmoid cross-entropy in nats per image
+and per-pixel squared error of :math:`\sigma(\text{logits})`.
+
+Files, under ``<results_dir>/<profile>/`` (default ``data/results/``):
+
+* ``<run_id>.json``: the records plus provenance (config, git commit, versions, device, times,
+  status); its presence marks a finished run (``completed`` or ``diverged``), which is skipped
+  when the same configuration runs again;
+* ``<run_id>.csv``: the per-epoch records;
+* ``checkpoints/<run_id>.pt`` while a run is under way (written atomically after every epoch,
+  removed once the result is written): running the same configuration again resumes from it and
+  gives the same records as an uninterrupted run.
+
+The run id is derived from everything that determines the records (dataset, optimizer,
+hyper-parameters, seed, profile, sizes, activation, epochs, batch size, warm-up, subset,
+divergence threshold), not from the device or the results folder.
+
+A run *diverges* when an evaluated loss is not finite or the train loss exceeds
+``divergence_factor`` times its value at epoch 0; it stops there and is recorded as diverged.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from . import data
+from .models import PAPER_SIZES, deep_autoencoder, reconstruction_loss, squared_error
+from .optim import OPTIMIZERS, default_lr, make_optimizer
+from .provenance import PROJECT_ROOT, atomic_write, now
+from .provenance import provenance as make_provenance
+from .schedules import warmup_linear_decay
+
+__all__ = [
+    "DEFAULT_HPARAMS",
+    "DEFAULT_SIZES",
+    "PROFILES",
+    "RECORD_COLUMNS",
+    "Profile",
+    "RunConfig",
+    "RunConflictError",
+    "RunResult",
+    "default_results_dir",
+    "evaluate",
+    "find_result",
+    "grid",
+    "run",
+    "sweep",
+]
+
+RECORD_COLUMNS = (
+    "epoch", "train_loss", "test_loss", "train_squared_error", "test_squared_error", "epoch_time", "train_time", "lr",
+)
+EVAL_CHUNK = 10_000
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Defaults of a run scale; every field can be overridden in :class:`RunConfig`.
+
+    ``device=None`` means CUDA when available, else CPU.
+    """
+
+    dataset: str
+    epochs: int
+    batch_size: int
+    warmup_epochs: int
+    device: str | None
+
+
+PROFILES: dict[str, Profile] = {
+    # Minutes on 2 CPU cores for all optimizers together; deterministic reference outputs.
+    "smoke": Profile(dataset="digits", epochs=10, batch_size=100, warmup_epochs=1, device="cpu"),
+    # The paper's protocol (DESIGN.md); MNIST train images need a download, so Fashion-MNIST is the default.
+    "paper": Profile(dataset="fashion-mnist", epochs=100, batch_size=1000, warmup_epochs=5, device=None),
+}
+
+#: Autoencoder widths per dataset: the paper's for 784-pixel images, a scaled-down one (8-unit code)
+#: for the 64-pixel digits.
+DEFAULT_SIZES: dict[str, tuple[int, ...]] = {
+    "digits": (64, 128, 64, 32, 8, 32, 64, 128, 64),
+    "mnist": PAPER_SIZES,
+    "fashion-mnist": PAPER_SIZES,
+}
+
+#: Hyper-parameters per profile and optimizer, merged under those of a :class:`RunConfig`
+#: (the config's win).  A missing ``lr`` is the optimizer's own default (``locoprop.optim.default_lr``).
+#:
+#: smoke: chosen by a learning-rate scan on digits in the smoke profile (seed 0, 10 epochs, final
+#: train loss; 4-7 learning rates roughly half a decade apart per optimizer, K-FAC also over damping
+#: {0.01, 0.1, 1}).  Final train losses of the chosen values: locoprop-s 17.2, locoprop-m 18.8,
+#: shampoo 20.1, adagrad 20.8, adam 21.3, sgd 21.6, kfac 22.5, nesterov 23.9, momentum 24.5,
+#: rmsprop 27.3 (its momentum 0.999 barely leaves the mean-image plateau, about 27.2, in 150 steps).
+#: paper: the optimizers' own defaults (the paper's LocoProp-M settings); the baselines are meant
+#: to be swept (``grid``/``sweep``).
+DEFAULT_HPARAMS: dict[str, dict[str, dict[str, Any]]] = {
+    "smoke": {
+        "sgd": {"lr": 0.1},
+        "momentum": {"lr": 0.03},
+        "nesterov": {"lr": 0.03},
+        "adagrad": {"lr": 0.03},
+        "rmsprop": {"lr": 1e-4},
+        "adam": {"lr": 0.03},
+        "kfac": {"lr": 0.1, "damping": 1.0},
+        "shampoo": {"lr": 1e-3},
+        "locoprop-s": {"lr": 1e-4},
+        "locoprop-m": {"lr": 1e-5},
+    },
+    "paper": {name: {} for name in OPTIMIZERS},
+}
+
+
+class RunConflictError(ValueError):
+    """A result or checkpoint file under a run's name holds a different configuration."""
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    """One training run.  ``None`` fields take the profile's (or dataset's) default.
+
+    ``hparams`` go to :func:`locoprop.make_optimizer` (``lr`` included) on top of
+    ``DEFAULT_HPARAMS[profile][optimizer]``.  ``subset`` keeps the first ``subset`` training images
+    (the test set is always complete).  ``divergence_factor`` is the explosion threshold relative to
+    the epoch-0 train loss.
+    """
+
+    optimizer: str
+    dataset: str | None = None
+    profile: str = "smoke"
+    hparams: dict[str, Any] = field(default_factory=dict)
+    sizes: tuple[int, ...] | None = None
+    activation: str = "tanh"
+    epochs: int | None = None
+    batch_size: int | None = None
+    warmup_epochs: int | None = None
+    seed: int = 0
+    device: str | None = None
+    subset: int | None = None
+    results_dir: str | None = None
+    divergence_factor: float = 10.0
+
+    def resolve(self) -> RunConfig:
+        """A copy with every default filled in and every field checked (``ValueError`` if invalid)."""
+        if self.profile not in PROFILES:
+            raise ValueError(f"unknown profile {self.profile!r}: choose one of {', '.join(PROFILES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+        prof = PROFILES[self.profile]
+        dataset = self.dataset or prof.dataset
+        if dataset not in DEFAULT_SIZES:
+            raise ValueError(f"unknown dataset {dataset!r}: choose one of {', '.join(DEFAULT_SIZES)}")
+        hparams = {**DEFAULT_HPARAMS[self.profile][self.optimizer], **dict(self.hparams)}
+        if hparams.get("lr") is None:
+            hparams["lr"] = default_lr(self.optimizer)
+        try:
+            json.dumps(hparams, allow_nan=False)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"hyper-parameters must be finite JSON values (numbers, strings, booleans): {err}") from None
+        resolved = dataclasses.replace(
+            self,
+            dataset=dataset,
+            hparams=hparams,
+            sizes=tuple(int(s) for s in (self.sizes or DEFAULT_SIZES[dataset])),
+            epochs=int(prof.epochs if self.epochs is None else self.epochs),
+            batch_size=int(prof.batch_size if self.batch_size is None else self.batch_size),
+            warmup_epochs=int(prof.warmup_epochs if self.warmup_epochs is None else self.warmup_epochs),
+            seed=int(self.seed),
+            device=str(self.device or prof.device or ("cuda" if torch.cuda.is_available() else "cpu")),
+            results_dir=str(Path(self.results_dir or default_results_dir()).expanduser().resolve()),
+            divergence_factor=float(self.divergence_factor),
+        )
+        if resolved.epochs < 1 or resolved.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1, got {resolved.epochs} and {resolved.batch_size}")
+        if not 0 <= resolved.warmup_epochs < resolved.epochs:
+            raise ValueError(f"need 0 <= warmup_epochs < epochs, got {resolved.warmup_epochs} and {resolved.epochs}")
+        if resolved.subset is not None and int(resolved.subset) < resolved.batch_size:
+            raise ValueError(f"subset ({resolved.subset}) must hold at least one batch ({resolved.batch_size})")
+        if not resolved.divergence_factor > 1.0:
+            raise ValueError(f"divergence_factor must be > 1, got {resolved.divergence_factor}")
+        if resolved.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device {resolved.device!r} requested but CUDA is not available: use --device cpu")
+        return resolved
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that determine the records (of a resolved config), as JSON-ready values."""
+        keys = ("dataset", "optimizer", "hparams", "seed", "profile", "sizes", "activation", "epochs",
+                "batch_size", "warmup_epochs", "subset", "divergence_factor")
+        return json.loads(json.dumps({k: getattr(self, k) for k in keys}))
+
+    @property
+    def run_id(self) -> str:
+        """``<dataset>_<optimizer>_seed<seed>_<hash>``; the hash covers :meth:`identity` (of the resolved config)."""
+        cfg = self.resolve()
+
+        def canonical(value):  # 1 and 1.0 are the same hyper-parameter value
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return value
+            return float(value)
+
+        ident = cfg.identity()
+        ident["hparams"] = {k: canonical(v) for k, v in ident["hparams"].items()}
+        digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]
+        return f"{cfg.dataset}_{cfg.optimizer}_seed{cfg.seed}_{digest}"
+
+    def paths(self) -> dict[str, Path]:
+        """The result JSON, CSV and checkpoint paths of this configuration."""
+        cfg = self.resolve()
+        folder = Path(cfg.results_dir) / cfg.profile
+        rid = self.run_id
+        return {"json": folder / f"{rid}.json", "csv": folder / f"{rid}.csv",
+                "checkpoint": folder / "checkpoints" / f"{rid}.pt"}
+
+
+@dataclass
+class RunResult:
+    """What a run produced: its records and the JSON payload written to ``path``.
+
+    ``skipped`` is true when the result was found on disk instead of being computed.
+    """
+
+    run_id: str
+    status: str
+    diverged_epoch: int | None
+    config: RunConfig
+    records: list[dict[str, float]]
+    provenance: dict[str, Any]
+    path: Path
+    skipped: bool = False
+
+    @property
+    def final(self) -> dict[str, float]:
+        """The last epoch's record."""
+        return self.records[-1]
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """The JSON document of this result."""
+        return {
+            "run_id": self.run_id,
+            "status": self.status,
+            "diverged_epoch": self.diverged_epoch,
+            "config": {**_config_json(self.config), "results_dir": None},  # the folder the file lies in
+            "provenance": self.provenance,
+            "records": self.records,
+        }
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any], path: Path, skipped: bool = True) -> RunResult:
+        known = {f.name for f in dataclasses.fields(RunConfig)}
+        config = {k: v for k, v in payload["config"].items() if k in known}
+        config["sizes"] = tuple(config["sizes"])
+        config["results_dir"] = str(Path(path).resolve().parent.parent)
+        return cls(payload["run_id"], payload["status"], payload["diverged_epoch"], RunConfig(**config),
+                   payload["records"], payload["provenance"], Path(path), skipped)
+
+    def to_frame(self):
+        """The records as a DataFrame with the columns of :func:`locoprop.results.load_results`."""
+        from .results import frame
+
+        return frame([self.payload])
+
+
+# --------------------------------------------------------------------------- helpers
+def default_results_dir() -> Path:
+    """``data/results`` under the project root."""
+    return PROJECT_ROOT / "data" / "results"
+
+
+def _config_json(cfg: RunConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _progress_disabled(progress: bool) -> bool | None:
+    """tqdm's ``disable``: True when asked or ``TQDM_DISABLE`` is set; None (= not a terminal) otherwise."""
+    if not progress or os.environ.get("TQDM_DISABLE", "") not in ("", "0"):
+        return True
+    return None
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, x: torch.Tensor, chunk: int = EVAL_CHUNK) -> tuple[float, float]:
+    """(loss, squared error) of ``model`` on all of ``x``, in chunks; one host sync at the end."""
+    loss = x.new_zeros(())
+    se = x.new_zeros(())
+    for start in range(0, x.shape[0], chunk):
+        xb = x[start:start + chunk]
+        logits = model(xb)
+        loss += reconstruction_loss(logits, xb) * xb.shape[0]
+        se += squared_error(logits, xb) * xb.shape[0]
+    values = (torch.stack([loss, se]) / x.shape[0]).tolist()
+    return values[0], values[1]
+
+
+def _build(cfg: RunConfig, device: torch.device):
+    """The model and optimizer of ``cfg`` (``ValueError`` for invalid hyper-parameters)."""
+    model = deep_autoencoder(cfg.sizes, cfg.activation, seed=cfg.seed).to(device)
+    hparams = dict(cfg.hparams)
+    lr = hparams.pop("lr")
+    try:
+        opt = make_optimizer(cfg.optimizer, model, lr=lr, **hparams)
+    except TypeError as err:
+        raise ValueError(f"invalid hyper-parameters {cfg.hparams} for {cfg.optimizer}: {err}") from None
+    return model, opt
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise RunConflictError(f"cannot read the result file {path} ({err}); move it away to run again") from None
+
+
+def find_result(config: RunConfig) -> RunResult | None:
+    """The finished result of ``config`` on disk, or None.
+
+    Raises :class:`RunConflictError` when the file under its name holds another configuration.
+    """
+    cfg = config.resolve()
+    path = cfg.paths()["json"]
+    if not path.exists():
+        return None
+    payload = _read_json(path)
+    stored = RunResult.from_payload(payload, path).config
+    if stored.identity() != cfg.identity():
+        raise RunConflictError(
+            f"{path} holds a different configuration ({stored.identity()}) than the one requested "
+            f"({cfg.identity()}); it was not overwritten: move it away or use another results_dir"
+        )
+    return RunResult.from_payload(payload, path, skipped=True)
+
+
+# --------------------------------------------------------------------------- one run
+def run(
+    config: RunConfig,
+    progress: bool = True,
+    callback: Callable[[int, dict[str, float]], None] | None = None,
+) -> RunResult:
+    """Train ``config`` to the end (or to divergence), write its result files, return the result.
+
+    A finished result of the same configuration is returned without training; an existing
+    checkpoint is resumed.  ``callback(epoch, record)`` is called after each epoch's checkpoint is
+    written (an exception it raises interrupts the run, which the next call resumes).
+    """
+    cfg = config.resolve()
+    done = find_result(cfg)
+    if done is not None:
+        return done
+    paths = cfg.paths()
+    device = torch.device(cfg.device)
+
+    torch.manual_seed(cfg.seed)  # before building: an optimizer may draw its own seed (K-FAC's sampler)
+    model, opt = _build(cfg, device)
+    train = data.load(cfg.dataset, "train", device=device, subset=cfg.subset)
+    test = data.load(cfg.dataset, "test", device=device)
+    if not cfg.sizes[0] == cfg.sizes[-1] == train.shape[1]:
+        raise ValueError(f"sizes {cfg.sizes} must start and end with the {train.shape[1]} pixels of {cfg.dataset}")
+    n, batch = train.shape[0], cfg.batch_size
+    steps = n // batch
+    if steps < 1:
+        raise ValueError(f"batch_size {batch} exceeds the {n} training images of {cfg.dataset}")
+    scheduler = warmup_linear_decay(opt, cfg.warmup_epochs * steps, cfg.epochs * steps)
+    shuffle = torch.Generator(device=device).manual_seed(cfg.seed)
+    needs_closure = getattr(opt, "needs_loss_closure", False)
+
+    provenance: dict[str, Any]
+    checkpoint = _load_checkpoint(paths["checkpoint"], cfg)
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        opt.load_state_dict(checkpoint["optimizer"])  # after building the scheduler, which resets lr
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        shuffle.set_state(checkpoint["rng"]["shuffle"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        if device.type == "cuda" and checkpoint["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
+        records = checkpoint["records"]
+        provenance = checkpoint["provenance"]
+        provenance["resumed"] = provenance.get("resumed", []) + [{"at_epoch": checkpoint["epoch"], "time": now()}]
+    else:
+        train_loss, train_se = evaluate(model, train)
+        test_loss, test_se = evaluate(model, test)
+        records = [dict(epoch=0, train_loss=train_loss, test_loss=test_loss, train_squared_error=train_se,
+                        test_squared_error=test_se, epoch_time=0.0, train_time=0.0, lr=opt.param_groups[0]["lr"])]
+        provenance = make_provenance(device)
+
+    status, diverged_epoch = "completed", None
+    start_epoch = records[-1]["epoch"]
+
+    def closure():
+        with torch.no_grad():
+            return reconstruction_loss(model(xb), xb)
+
+    bar = tqdm(range(start_epoch + 1, cfg.epochs + 1), desc=paths["json"].stem, unit="epoch",
+               initial=start_epoch, total=cfg.epochs, disable=_progress_disabled(progress), leave=False)
+    for epoch in bar:
+        _sync(device)
+        t0 = time.perf_counter()
+        perm = torch.randperm(n, generator=shuffle, device=device)
+        lr = opt.param_groups[0]["lr"]
+        for i in range(steps):
+            xb = train[perm[i * batch:(i + 1) * batch]]
+            lr = opt.param_groups[0]["lr"]
+            opt.zero_grad(set_to_none=True)
+            loss = reconstruction_loss(model(xb), xb)
+            loss.backward()
+            if needs_closure:
+                opt.step(closure)
+            else:
+                opt.step()
+            scheduler.step()
+        _sync(device)
+        epoch_time = time.perf_counter() - t0
+        train_loss, train_se = evaluate(model, train)
+        test_loss, test_se = evaluate(model, test)
+        record = dict(epoch=epoch, train_loss=train_loss, test_loss=test_loss, train_squared_error=train_se,
+                      test_squared_error=test_se, epoch_time=epoch_time,
+                      train_time=records[-1]["train_time"] + epoch_time, lr=lr)
+        records.append(record)
+        bar.set_postfix(train=f"{train_loss:.3g}", test=f"{test_loss:.3g}")
+        if not (math.isfinite(train_loss) and math.isfinite(test_loss)) or \
+                train_loss > cfg.divergence_factor * records[0]["train_loss"]:
+            status, diverged_epoch = "diverged", epoch
+            break
+        _save_checkpoint(paths["checkpoint"], cfg, model, opt, scheduler, shuffle, device, epoch, records, provenance)
+        if callback is not None:
+            callback(epoch, record)
+    bar.close()
+
+    provenance["finished"] = now()
+    result = RunResult(paths["json"].stem, status, diverged_epoch, cfg,
+                       [{k: (_finite(v) if isinstance(v, float) else v) for k, v in r.items()} for r in records],
+                       provenance, paths["json"])
+    _write_result(result, paths)
+    paths["checkpoint"].unlink(missing_ok=True)
+    try:
+        paths["checkpoint"].parent.rmdir()  # only if no other run has a checkpoint there
+    except OSError:
+        pass
+    return result
+
+
+def _save_checkpoint(path, cfg, model, opt, scheduler, shuffle, device, epoch, records, provenance) -> None:
+    state = {
+        "identity": cfg.identity(),
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": {"shuffle": shuffle.get_state(), "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+        "records": records,
+        "provenance": provenance,
+    }
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def _load_checkpoint(path: Path, cfg: RunConfig) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location=cfg.device, weights_only=False)
+    except Exception as err:
+        raise RunConflictError(f"cannot read the checkpoint {path} ({err}); move it away to start the run afresh") from None
+    if state.get("identity") != cfg.identity():
+        raise RunConflictError(f"the checkpoint {path} belongs to a different configuration; move it away to run this one")
+    state["rng"]["shuffle"] = state["rng"]["shuffle"].cpu()
+    state["rng"]["torch"] = state["rng"]["torch"].cpu()
+    if state["rng"].get("cuda") is not None:
+        state["rng"]["cuda"] = state["rng"]["cuda"].cpu()
+    return state
+
+
+def _write_result(result: RunResult, paths: dict[str, Path]) -> None:
+    """The CSV first, then the JSON (whose presence marks the run finished); both atomic."""
+    import pandas as pd
+
+    table = pd.DataFrame(result.records, columns=list(RECORD_COLUMNS))
+    atomic_write(paths["csv"], lambda tmp: table.to_csv(tmp, index=False))
+    text = json.dumps(result.payload, indent=1, allow_nan=False)
+    atomic_write(paths["json"], lambda tmp: tmp.write_text(text + "\n"))
+
+
+# --------------------------------------------------------------------------- many runs
+def grid(base: RunConfig, **axes: Any) -> list[RunConfig]:
+    """The Cartesian product of ``axes`` applied to ``base``, in order (the last axis varies fastest).
+
+    An axis named like a :class:`RunConfig` field (``seed``, ``optimizer``, ``epochs`` ...) sets that
+    field; any other name is a hyper-parameter (``lr``, ``damping`` ...).  A scalar is a 1-point axis.
+    Example: ``grid(RunConfig(optimizer="adam"), lr=[1e-3, 1e-2], seed=[0, 1])`` gives 4 configs.
+    """
+    fields = {f.name for f in dataclasses.fields(RunConfig)} - {"hparams"}
+    names = list(axes)
+    values = [v if isinstance(v, (list, tuple, range)) else [v] for v in axes.values()]
+    configs = []
+    for point in itertools.product(*values):
+        hparams = dict(base.hparams)
+        changes = {}
+        for name, value in zip(names, point):
+            (changes if name in fields else hparams)[name] = value
+        configs.append(dataclasses.replace(base, hparams=hparams, **changes))
+    return configs
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+    os.environ["TQDM_DISABLE"] = "1"
+
+
+def _run_quietly(config: RunConfig) -> RunResult:
+    return run(config, progress=False)
+
+
+def sweep(configs: Iterable[RunConfig], processes: int = 1, progress: bool = True) -> list[RunResult]:
+    """Run every configuration (finished ones are loaded, not rerun); results in input order.
+
+    ``processes > 1`` runs them in that many spawned local processes, each with
+    ``cpu_count // processes`` torch threads.  Diverged runs are results like any other; any other
+    exception stops the sweep (finished runs stay on disk, so running it again continues).
+    """
+    configs = [c.resolve() for c in configs]  # every config is checked before anything runs
+    ids = [c.run_id for c in configs]
+    unique = {rid: cfg for rid, cfg in zip(ids, configs)}
+    results: dict[str, RunResult] = {}
+    for rid, cfg in unique.items():
+        found = find_result(cfg)
+        if found is not None:
+            results[rid] = found
+    todo = [cfg for rid, cfg in unique.items() if rid not in results]
+    bar = tqdm(total=len(unique), initial=len(results), desc="sweep", unit="run", disable=_progress_disabled(progress))
+    if processes <= 1 or len(todo) <= 1:
+        for cfg in todo:
+            results[cfg.run_id] = run(cfg, progress=progress)
+            bar.update()
+    else:
+        threads = max(1, (os.cpu_count() or 1) // processes)
+        with ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_init_worker, initargs=(threads,)) as pool:
+            futures = {pool.submit(_run_quietly, cfg): cfg.run_id for cfg in todo}
+            try:
+                for future in as_completed(futures):
+                    results[futures[future]] = future.result()
+                    bar.update()
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+    bar.close()
+    return [results[rid] for rid in ids]
+

@@ -1,0 +1,120 @@
+"""``python -m locoprop``: end to end on digits, and its error exits."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from locoprop import data
+from locoprop.cli import main, parse_value
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--epochs", "2", "--subset", "200", "--quiet"]
+
+
+def test_run_then_results_end_to_end(tmp_path):
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    cmd = [sys.executable, "-m", "locoprop", "run", "--optimizer", "adam", "--lr", "0.01", "--results-dir", str(tmp_path), *TINY]
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    files = list((tmp_path / "smoke").glob("*.json"))
+    assert len(files) == 1
+    doc = json.loads(files[0].read_text())
+    assert doc["status"] == "completed" and doc["config"]["hparams"] == {"lr": 0.01}
+    assert [r["epoch"] for r in doc["records"]] == [0, 1, 2]
+    assert doc["run_id"] in out.stdout and "train_loss" in out.stdout
+
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "found finished" in again.stdout
+
+    listing = subprocess.run([sys.executable, "-m", "locoprop", "results", "--results-dir", str(tmp_path), "--summary"],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert listing.returncode == 0, listing.stderr
+    assert "adam" in listing.stdout and '{"lr": 0.01}' in listing.stdout
+
+
+def test_sweep_grid_and_seeds(tmp_path, capsys):
+    rc = main(["sweep", "--optimizer", "sgd,momentum", "--grid", "lr=0.01,0.1", "--seeds", "0,1",
+               "--results-dir", str(tmp_path), *TINY])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert len(list((tmp_path / "smoke").glob("*.json"))) == 8
+    assert "momentum" in out and "final_train_loss" in out
+    assert main(["results", "--results-dir", str(tmp_path), "--profile", "smoke"]) == 0
+    assert capsys.readouterr().out.count("completed") == 8
+
+
+def test_hparam_values_are_typed(tmp_path):
+    assert parse_value("10") == 10 and parse_value("1e-3") == 1e-3 and parse_value("true") is True
+    assert parse_value("adam") == "adam" and parse_value("None") is None
+    assert main(["run", "--optimizer", "locoprop-m", "--hparam", "local_iters=2", "--hparam", "gamma=5",
+                 "--results-dir", str(tmp_path), *TINY]) == 0
+    doc = json.loads(next((tmp_path / "smoke").glob("*.json")).read_text())
+    assert doc["config"]["hparams"]["local_iters"] == 2 and doc["config"]["hparams"]["gamma"] == 5
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--optimizer", "lbfgs"], "invalid choice: 'lbfgs'"),
+    (["run"], "--optimizer"),
+    (["run", "--optimizer", "adam", "--hparam", "bogus=1"], "bogus"),
+    (["run", "--optimizer", "kfac", "--hparam", "damping=-1"], "damping"),
+    (["run", "--optimizer", "adam", "--hparam", "lr"], "KEY=VALUE"),
+    (["run", "--optimizer", "adam", "--epochs", "3", "--warmup-epochs", "3"], "warmup_epochs"),
+    (["sweep", "--optimizer", "adam,nope"], "nope"),
+    (["sweep", "--optimizer", "adam", "--seeds", "a,b"], "integers"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_errors_exit_nonzero_with_one_line(tmp_path, capsys, argv, message):
+    rc = exit_code([*argv, "--results-dir", str(tmp_path), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def exit_code(argv) -> int:
+    """``main``'s status, whether it returns it or argparse exits with it."""
+    try:
+        return main(argv)
+    except SystemExit as stop:
+        return stop.code
+
+
+def test_missing_data_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(data, "cache_dir", lambda: tmp_path / "cache")
+    monkeypatch.setenv(data.ENV_VAR, str(tmp_path / "empty"))
+
+    def offline(url, output_file, pooch):
+        raise OSError("no network")
+
+    monkeypatch.setattr(data, "_downloader", lambda url: offline)
+    rc = main(["run", "--optimizer", "adam", "--dataset", "mnist", "--results-dir", str(tmp_path), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert "train-images-idx3-ubyte.gz" in err and str(tmp_path / "empty" / "mnist") in err and "https://" in err
+
+
+@pytest.mark.parametrize("command", ["run", "sweep", "results"])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    assert "--results-dir" in capsys.readouterr().out
+
+
+def test_bench_forwards_its_arguments(monkeypatch):
+    import importlib.util
+    import types
+
+    seen = []
+    fake = types.ModuleType("locoprop.bench")
+    fake.main = lambda argv: seen.append(argv) or 0
+    monkeypatch.setitem(sys.modules, "locoprop.bench", fake)
+    monkeypatch.setattr("locoprop.bench", fake, raising=False)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    assert main(["bench", "--steps", "3", "--device", "cpu"]) == 0
+    assert seen == [["--steps", "3", "--device", "cpu"]]

@@ -1,4 +1,4 @@
-"""Command line: ``python -m locoprop {run,sweep,results,bench} ...`` (``--help`` on each).
+"""Command line: ``python -m locoprop {run,sweep,tune,results,bench} ...`` (``--help`` on each).
 
 Expected errors (bad arguments, missing data, invalid hyper-parameters, conflicting result files)
 exit with status 2 and one line ``locoprop: error: <cause>`` on stderr; an interrupted run exits
@@ -7,7 +7,6 @@ with 130 and is resumed by running the same command again.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from typing import Any
@@ -88,6 +87,16 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--processes", type=int, default=1, help="local worker processes (default: 1)")
     _add_common(p)
 
+    p = sub.add_parser("tune", help="run the documented tuning grid of each optimizer, or its finalists",
+                       description="Run each optimizer's equal-budget grid (locoprop.tuning.GRIDS); with "
+                                   "--finalists, rerun the best setting (lowest final train loss) with --seeds.")
+    p.add_argument("--optimizer", required=True, action="append", metavar="NAME[,NAME...]",
+                   help=f"optimizer(s), comma-separated or repeated; one of {', '.join(OPTIMIZERS)}")
+    p.add_argument("--finalists", action="store_true", help="rerun each optimizer's best setting with --seeds")
+    p.add_argument("--seeds", type=_int_list, default=[0, 1, 2], help="seeds of the finalists (default: 0,1,2)")
+    p.add_argument("--processes", type=int, default=1, help="local worker processes (default: 1)")
+    _add_common(p)
+
     p = sub.add_parser("results", help="list or summarise result files",
                        description="List the runs found under the results folder, or summarise them.")
     p.add_argument("--profile", help="only this profile")
@@ -140,15 +149,33 @@ def _cmd_run(args) -> int:
     return 0
 
 
-def _cmd_sweep(args) -> int:
+def _optimizer_names(args) -> list[str]:
     from .optim import OPTIMIZERS
-    from .results import frame, summary
-    from .runner import grid, sweep
 
     names = [n.strip() for group in args.optimizer for n in group.split(",") if n.strip()]
     unknown = [n for n in names if n not in OPTIMIZERS]
     if unknown:
         raise ValueError(f"unknown optimizer(s) {', '.join(unknown)}: choose from {', '.join(OPTIMIZERS)}")
+    if args.processes < 1:
+        raise ValueError(f"--processes must be >= 1, got {args.processes}")
+    return names
+
+
+def _report(results) -> None:
+    from .results import frame, summary
+
+    for r in results:
+        final = r.final
+        print(f"{r.run_id} {r.status:9s} {json.dumps(r.config.hparams, sort_keys=True)} "
+              f"final train loss {final['train_loss']} test loss {final['test_loss']}"
+              + (" (found finished)" if r.skipped else ""))
+    _print_frame(summary(frame(r.payload for r in results)))
+
+
+def _cmd_sweep(args) -> int:
+    from .runner import grid, sweep
+
+    names = _optimizer_names(args)
     axes = {key: [parse_value(v) for v in values.split(",")] for key, values in args.grid}
     bad = [k for k in axes if k in {"optimizer", "seed", "profile", "results_dir"}]
     if bad:
@@ -157,15 +184,26 @@ def _cmd_sweep(args) -> int:
     for name in names:
         for seed in args.seeds:
             configs += grid(_base_config(args, name, seed), **axes)
-    if args.processes < 1:
-        raise ValueError(f"--processes must be >= 1, got {args.processes}")
-    results = sweep(configs, processes=args.processes, progress=not args.quiet)
-    for r in results:
-        final = r.final
-        print(f"{r.run_id} {r.status:9s} {json.dumps(r.config.hparams, sort_keys=True)} "
-              f"final train loss {final['train_loss']} test loss {final['test_loss']}"
-              + (" (found finished)" if r.skipped else ""))
-    _print_frame(summary(frame(r.payload for r in results)))
+    _report(sweep(configs, processes=args.processes, progress=not args.quiet))
+    return 0
+
+
+def _cmd_tune(args) -> int:
+    import dataclasses
+
+    from .runner import sweep
+    from .tuning import best_setting, grid_configs
+
+    results = []
+    for name in _optimizer_names(args):
+        base = _base_config(args, name, 0)
+        trials = sweep(grid_configs(base), processes=args.processes, progress=not args.quiet)
+        results += trials
+        if args.finalists:
+            best = best_setting(trials)
+            finalists = [dataclasses.replace(base, hparams=best, seed=s) for s in args.seeds]
+            results += sweep(finalists, processes=args.processes, progress=not args.quiet)
+    _report(results)
     return 0
 
 
@@ -183,11 +221,10 @@ def _cmd_results(args) -> int:
 
 
 def _cmd_bench(argv: list[str]) -> int:
-    if importlib.util.find_spec("locoprop.bench") is None:
-        raise ValueError("the bench command needs the module locoprop.bench, which is not installed in this version")
     from . import bench
 
-    return int(bench.main(argv) or 0)
+    bench.main(argv)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == ["bench"]:
             return _cmd_bench(argv[1:])
         args = _build_parser().parse_args(argv)
-        return {"run": _cmd_run, "sweep": _cmd_sweep, "results": _cmd_results}[args.command](args)
+        return {"run": _cmd_run, "sweep": _cmd_sweep, "tune": _cmd_tune, "results": _cmd_results}[args.command](args)
     except (ValueError, DataError) as err:
         print(f"locoprop: error: {err}", file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["COLUMNS", "ResultsError", "frame", "load_results", "summary"]
+__all__ = ["COLUMNS", "ResultsError", "frame", "load_results", "summary", "time_to_target"]
 
 RUN_COLUMNS = ("run_id", "profile", "dataset", "optimizer", "seed", "hparams", "status", "diverged_epoch",
                "device", "git_commit")
@@ -102,3 +102,38 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     best = settings.sort_values(["rank_key", "final_train_loss"]).groupby(key, as_index=False).head(1)
     best = best.join(counts, on=key)
     return best.sort_values(["profile", "dataset", "rank_key"])[out_cols].reset_index(drop=True)
+
+
+def time_to_target(df: pd.DataFrame, reference: str = "rmsprop") -> pd.DataFrame:
+    """Per (profile, dataset, optimizer), its best setting's time to reach ``reference``'s final train loss.
+
+    The target is the final train loss (mean over seeds) of the best setting of ``reference`` (by
+    :func:`summary`).  For every optimizer's best setting and seed, the first epoch whose train
+    loss is at or below the target gives the epoch and the cumulative training time (evaluation
+    excluded); both are averaged over the seeds that reach it.  NaN where no seed reaches it.
+    Columns: the key, ``target``, ``epochs_to_target``, ``time_to_target``, ``seeds_reaching``,
+    ``seeds``, ``speedup`` (the reference's time over this optimizer's).
+    """
+    key = ["profile", "dataset", "optimizer"]
+    cols = key + ["target", "epochs_to_target", "time_to_target", "seeds_reaching", "seeds", "speedup"]
+    best = summary(df)
+    rows = []
+    for (profile, dataset), group in best.groupby(["profile", "dataset"], sort=False):
+        ref = group[group["optimizer"] == reference]
+        if ref.empty:
+            continue
+        target = float(ref["final_train_loss"].iloc[0])
+        for _, row in group.iterrows():
+            runs = df[(df["profile"] == profile) & (df["dataset"] == dataset) & (df["optimizer"] == row["optimizer"])
+                      & (df["hparams"] == row["hparams"]) & (df["epoch"] > 0)]
+            hits = runs[runs["train_loss"] <= target].sort_values("epoch").groupby("run_id").head(1)
+            rows.append({"profile": profile, "dataset": dataset, "optimizer": row["optimizer"], "target": target,
+                         "epochs_to_target": hits["epoch"].mean() if len(hits) else float("nan"),
+                         "time_to_target": hits["train_time"].mean() if len(hits) else float("nan"),
+                         "seeds_reaching": len(hits), "seeds": runs["run_id"].nunique()})
+    out = pd.DataFrame(rows, columns=cols[:-1])
+    ref_time = out[out["optimizer"] == reference].set_index(["profile", "dataset"])["time_to_target"]
+    out["speedup"] = [ref_time.get((p, d), float("nan")) / t if t else float("nan")
+                      for p, d, t in zip(out["profile"], out["dataset"], out["time_to_target"])]
+    return out.sort_values(key[:2] + ["time_to_target"]).reset_index(drop=True)
+

@@ -213,7 +213,7 @@ def test_tf_rmsprop_inner_first_step_by_hand():
     np.testing.assert_allclose(weights_aug(model[0]), W, rtol=1e-10, atol=1e-13)
 
 
-@pytest.mark.parametrize("inner", ["tf-rmsprop", torch.optim.Adam])
+@pytest.mark.parametrize("inner", ["tf-rmsprop", "adam", torch.optim.SGD])
 def test_state_dict_round_trip_continues_bit_identically(inner, digits):
     x = digits[:200]
     def make():
@@ -276,6 +276,7 @@ def test_step_without_backward_is_a_clear_error():
     (dict(eta=0.0), "eta"),
     (dict(lr_floor=2.0), "lr_floor"),
     (dict(inner="lbfgs"), "inner"),
+    (dict(inner=dict), "inner"),
     (dict(output_activation="gelu"), "gelu"),
 ])
 def test_invalid_hyper_parameters_raise_value_error(kwargs, message):

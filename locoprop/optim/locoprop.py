@@ -38,6 +38,13 @@ __all__ = [
 ]
 
 VARIANTS = ("M", "S")
+INNER_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "tf-rmsprop": TFRMSProp,
+    "sgd": torch.optim.SGD,
+    "adam": torch.optim.Adam,
+    "rmsprop": torch.optim.RMSprop,
+    "adagrad": torch.optim.Adagrad,
+}
 
 
 def local_target(variant: str, transfer: Transfer, preact: Tensor, grad: Tensor, gamma: float) -> Tensor:
@@ -115,7 +122,7 @@ def implicit_m(
     x = _augment(inputs).double()
     a, g = preact.double(), grad.double()
     target = local_target("M", transfer, a, g, gamma)
-    displacement = torch.zeros(g.shape[1], x.shape[1], dtype=torch.float64, requires_grad=True)
+    displacement = torch.zeros(g.shape[1], x.shape[1], dtype=torch.float64, device=x.device, requires_grad=True)
     solver = torch.optim.LBFGS(
         [displacement], lr=1.0, max_iter=max_iter, tolerance_grad=1e-12, tolerance_change=1e-15,
         history_size=50, line_search_fn="strong_wolfe",
@@ -145,7 +152,8 @@ class LocoProp(torch.optim.Optimizer):
             pre-activations).
         gamma: activation learning rate :math:`\gamma` (step of the targets).
         local_iters: number :math:`T` of local iterations per step.
-        inner: ``"tf-rmsprop"`` (:class:`TFRMSProp`, the paper's) or any ``torch.optim.Optimizer``
+        inner: ``"tf-rmsprop"`` (:class:`TFRMSProp`, the paper's), ``"sgd"``, ``"adam"``,
+            ``"rmsprop"``, ``"adagrad"`` (the ``torch.optim`` classes) or any ``torch.optim.Optimizer``
             class; one instance per layer, its state kept across steps.
         inner_kwargs: keyword arguments of the inner optimizer (other than ``lr``).
         eta: weight :math:`\eta` of the proximal term :math:`\tfrac1{2\eta}\|\bar W-\bar W^t\|^2`;
@@ -182,10 +190,13 @@ class LocoProp(torch.optim.Optimizer):
             raise ValueError(f"invalid eta={eta}: the proximal weight must be > 0, or None to leave it out")
         if not 0.0 <= lr_floor <= 1.0:
             raise ValueError(f"invalid lr_floor={lr_floor}: it must lie in [0, 1]")
-        if inner == "tf-rmsprop":
-            inner = TFRMSProp
+        if isinstance(inner, str):
+            if inner not in INNER_OPTIMIZERS:
+                raise ValueError(f"unknown inner optimizer {inner!r}: use one of {sorted(INNER_OPTIMIZERS)} "
+                                 "or a torch.optim.Optimizer class")
+            inner = INNER_OPTIMIZERS[inner]
         if not (isinstance(inner, type) and issubclass(inner, torch.optim.Optimizer)):
-            raise ValueError(f"invalid inner={inner!r}: use 'tf-rmsprop' or a torch.optim.Optimizer class")
+            raise ValueError(f"invalid inner={inner!r}: use one of {sorted(INNER_OPTIMIZERS)} or a torch.optim.Optimizer class")
         self.variant = variant
         self.capture = LayerCapture(model, output_activation)
         groups = [{"params": layer.params} for layer in self.capture.layers]

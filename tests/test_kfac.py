@@ -292,30 +292,11 @@ def test_state_dict_round_trip_is_bit_identical(options):
 
 # ---- (6) training ------------------------------------------------------------------------------
 
-def digits():
-    from sklearn.datasets import load_digits
-
-    return torch.tensor(load_digits().data, dtype=torch.float32) / 16.0
-
-
 @pytest.mark.parametrize("options", [{}, {"adaptive_damping": True}, {"damping_mode": "exact", "damping": 3.0}])
-def test_trains_digits_autoencoder(options):
-    X = digits()
+def test_trains_digits_autoencoder(options, train_on_digits):
     model = deep_autoencoder((64, 32, 16, 8, 16, 32, 64), seed=0)
-    opt = KFAC(model, lr=DEFAULT_LR, seed=0, **options)
-    with torch.no_grad():
-        initial = reconstruction_loss(model(X), X)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(3):
-        perm = torch.randperm(len(X), generator=g)
-        for i in range(0, len(X) - 99, 100):
-            x = X[perm[i:i + 100]]
-            opt.zero_grad()
-            reconstruction_loss(model(x), x).backward()
-            opt.step((lambda x=x: reconstruction_loss(model(x), x)) if opt.needs_loss_closure else None)
-    with torch.no_grad():
-        final = reconstruction_loss(model(X), X)
-    assert final < 0.7 * initial, (float(initial), float(final))
+    initial, final = train_on_digits(model, KFAC(model, lr=DEFAULT_LR, seed=0, **options))
+    assert final < 0.7 * initial, (initial, final)
 
 
 # ---- (7) validation ----------------------------------------------------------------------------

@@ -240,25 +240,10 @@ def test_state_dict_round_trip_is_bit_identical(options):
         assert torch.equal(a, b)
 
 
-def test_trains_digits_autoencoder():
-    from sklearn.datasets import load_digits
-
-    X = torch.tensor(load_digits().data, dtype=torch.float32) / 16.0
+def test_trains_digits_autoencoder(train_on_digits):
     model = deep_autoencoder((64, 32, 16, 8, 16, 32, 64), seed=0)
-    opt = Shampoo(model.parameters(), lr=DEFAULT_LR)
-    with torch.no_grad():
-        initial = reconstruction_loss(model(X), X)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(3):
-        perm = torch.randperm(len(X), generator=g)
-        for i in range(0, len(X) - 99, 100):
-            x = X[perm[i:i + 100]]
-            opt.zero_grad()
-            reconstruction_loss(model(x), x).backward()
-            opt.step()
-    with torch.no_grad():
-        final = reconstruction_loss(model(X), X)
-    assert final < 0.7 * initial, (float(initial), float(final))
+    initial, final = train_on_digits(model, Shampoo(model.parameters(), lr=DEFAULT_LR))
+    assert final < 0.7 * initial, (initial, final)
 
 
 @pytest.mark.parametrize("name, value", [

@@ -64,6 +64,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_many(p: argparse.ArgumentParser) -> None:
+    from .optim import OPTIMIZERS
+
+    p.add_argument("--optimizer", required=True, action="append", metavar="NAME[,NAME...]",
+                   help=f"optimizer(s), comma-separated or repeated; one of {', '.join(OPTIMIZERS)}")
+    p.add_argument("--processes", type=int, default=1, help="local worker processes (default: 1)")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     from .optim import OPTIMIZERS
 
@@ -79,22 +87,18 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="train a grid of configurations",
                        description="Train the Cartesian product of optimizers, --grid values and seeds; "
                                    "finished runs are skipped, diverged runs do not stop the sweep.")
-    p.add_argument("--optimizer", required=True, action="append", metavar="NAME[,NAME...]",
-                   help=f"optimizer(s), comma-separated or repeated; one of {', '.join(OPTIMIZERS)}")
+    _add_many(p)
     p.add_argument("--grid", action="append", type=_key_value, default=[], metavar="KEY=V1,V2,...",
                    help="an axis of the grid (repeatable): a hyper-parameter (lr, damping ...) or a run field (epochs ...)")
     p.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated seeds (default: 0)")
-    p.add_argument("--processes", type=int, default=1, help="local worker processes (default: 1)")
     _add_common(p)
 
     p = sub.add_parser("tune", help="run the documented tuning grid of each optimizer, or its finalists",
                        description="Run each optimizer's equal-budget grid (locoprop.tuning.GRIDS); with "
                                    "--finalists, rerun the best setting (lowest final train loss) with --seeds.")
-    p.add_argument("--optimizer", required=True, action="append", metavar="NAME[,NAME...]",
-                   help=f"optimizer(s), comma-separated or repeated; one of {', '.join(OPTIMIZERS)}")
+    _add_many(p)
     p.add_argument("--finalists", action="store_true", help="rerun each optimizer's best setting with --seeds")
     p.add_argument("--seeds", type=_int_list, default=[0, 1, 2], help="seeds of the finalists (default: 0,1,2)")
-    p.add_argument("--processes", type=int, default=1, help="local worker processes (default: 1)")
     _add_common(p)
 
     p = sub.add_parser("results", help="list or summarise result files",

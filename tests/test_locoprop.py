@@ -176,7 +176,7 @@ def _two_optimizers_in_opposite_orders(variant):
     # process the layers last-to-first: every list the step walks, reversed consistently
     opt.capture.layers.reverse()
     opt.param_groups.reverse()
-    opt.inner.reverse()
+    opt.inner.param_groups.reverse()
     for m, o in zip(models, opts):
         train_step(m, o, x, y, output_loss("identity"))
     return models

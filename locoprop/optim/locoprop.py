@@ -154,7 +154,7 @@ class LocoProp(torch.optim.Optimizer):
         local_iters: number :math:`T` of local iterations per step.
         inner: ``"tf-rmsprop"`` (:class:`TFRMSProp`, the paper's), ``"sgd"``, ``"adam"``,
             ``"rmsprop"``, ``"adagrad"`` (the ``torch.optim`` classes) or any ``torch.optim.Optimizer``
-            class; one instance per layer, its state kept across steps.
+            class; its state (per parameter) is kept across steps.
         inner_kwargs: keyword arguments of the inner optimizer (other than ``lr``).
         eta: weight :math:`\eta` of the proximal term :math:`\tfrac1{2\eta}\|\bar W-\bar W^t\|^2`;
             None leaves it out (as the official code does).
@@ -201,7 +201,8 @@ class LocoProp(torch.optim.Optimizer):
         self.capture = LayerCapture(model, output_activation)
         groups = [{"params": layer.params} for layer in self.capture.layers]
         super().__init__(groups, dict(lr=lr, gamma=gamma, local_iters=local_iters, eta=eta, lr_floor=lr_floor))
-        self.inner = [inner(layer.params, lr=lr, **(inner_kwargs or {})) for layer in self.capture.layers]
+        # one inner optimizer, one parameter group per layer; its state persists across steps
+        self.inner = inner([{"params": layer.params} for layer in self.capture.layers], lr=lr, **(inner_kwargs or {}))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -212,49 +213,55 @@ class LocoProp(torch.optim.Optimizer):
                 loss = closure()
         self.capture.require_backward()
         # Parallel semantics: every target comes from the recorded pass, before any layer moves.
+        layers, groups = self.capture.layers, self.param_groups
         targets = [
             local_target(self.variant, layer.transfer, layer.preact, layer.grad, group["gamma"])
-            for layer, group in zip(self.capture.layers, self.param_groups)
+            for layer, group in zip(layers, groups)
         ]
-        for layer, group, inner, target in zip(self.capture.layers, self.param_groups, self.inner, targets):
-            self._solve_local(layer, group, inner, target)
+        global_grads = [p.grad for p in self._params()]
+        starts = [[p.detach().clone() for p in layer.params] if group["eta"] is not None else None
+                  for layer, group in zip(layers, groups)]
+        # Local iteration j of every layer, then one inner step over all layers (one multi-tensor
+        # update instead of one per layer; the layers' problems stay independent).
+        for j in range(max(group["local_iters"] for group in groups)):
+            for layer, group, inner_group, target, start in zip(layers, groups, self.inner.param_groups, targets, starts):
+                T = group["local_iters"]
+                if j < T:
+                    self._local_gradient(layer, target, start, group["eta"])
+                else:  # this layer has done its T iterations
+                    for p in layer.params:
+                        p.grad = None
+                inner_group["lr"] = group["lr"] * max(1.0 - j / T, group["lr_floor"])
+            self.inner.step()
+        for p, g in zip(self._params(), global_grads):
+            p.grad = g
         self.capture.clear()
         return loss
 
-    def _solve_local(self, layer: CapturedLayer, group: dict, inner: torch.optim.Optimizer, target: Tensor) -> None:
+    def _params(self) -> list[nn.Parameter]:
+        return [p for layer in self.capture.layers for p in layer.params]
+
+    def _local_gradient(self, layer: CapturedLayer, target: Tensor, start: list[Tensor] | None, eta: float | None) -> None:
+        r"""Set ``.grad`` of the layer's weight and bias to :math:`\delta^\top\bar X + \eta^{-1}(\bar W - \bar W^t)`."""
         module, x = layer.module, layer.inputs
-        params = layer.params
-        global_grads = [p.grad for p in params]
-        start = [p.detach().clone() for p in params] if group["eta"] is not None else None
-        T = group["local_iters"]
-        for j in range(T):
-            delta = local_residual(self.variant, layer.transfer, nn.functional.linear(x, module.weight, module.bias), target)
-            module.weight.grad = delta.T @ x
-            if module.bias is not None:
-                module.bias.grad = delta.sum(dim=0)
-            if start is not None:
-                for p, p0 in zip(params, start):
-                    p.grad.add_(p - p0, alpha=1.0 / group["eta"])
-            for inner_group in inner.param_groups:
-                inner_group["lr"] = group["lr"] * max(1.0 - j / T, group["lr_floor"])
-            inner.step()
-        for p, g in zip(params, global_grads):
-            p.grad = g
+        delta = local_residual(self.variant, layer.transfer, nn.functional.linear(x, module.weight, module.bias), target)
+        module.weight.grad = delta.T @ x
+        if module.bias is not None:
+            module.bias.grad = delta.sum(dim=0)
+        if start is not None:
+            for p, p0 in zip(layer.params, start):
+                p.grad.add_(p - p0, alpha=1.0 / eta)
 
     def state_dict(self) -> dict[str, Any]:
-        """The outer state plus every layer's inner-optimizer state."""
+        """The outer state plus the inner optimizer's state (one parameter group per layer)."""
         state = super().state_dict()
-        state["inner"] = [inner.state_dict() for inner in self.inner]
+        state["inner"] = self.inner.state_dict()
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
-        inner_states = state_dict.pop("inner", None)
-        if inner_states is None or len(inner_states) != len(self.inner):
-            raise ValueError(
-                "this state_dict has no inner-optimizer state for each of the "
-                f"{len(self.inner)} layers: was it saved by a LocoProp optimizer of the same model?"
-            )
+        inner_state = state_dict.pop("inner", None)
+        if inner_state is None:
+            raise ValueError("this state_dict has no inner-optimizer state: was it saved by a LocoProp optimizer?")
         super().load_state_dict(state_dict)
-        for inner, state in zip(self.inner, inner_states):
-            inner.load_state_dict(state)
+        self.inner.load_state_dict(inner_state)

@@ -41,15 +41,22 @@ class TFRMSProp(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["ms"] = torch.ones_like(p)
-                    state["mom"] = torch.zeros_like(p)
-                ms, mom, g = state["ms"], state["mom"], p.grad
-                ms.mul_(group["decay"]).addcmul_(g, g, value=1.0 - group["decay"])
-                mom.mul_(group["momentum"]).addcdiv_(g, (ms + group["eps"]).sqrt_(), value=group["lr"])
-                p.sub_(mom)
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            for p in params:
+                if not self.state[p]:
+                    self.state[p]["ms"] = torch.ones_like(p)
+                    self.state[p]["mom"] = torch.zeros_like(p)
+            grads = [p.grad for p in params]
+            ms = [self.state[p]["ms"] for p in params]
+            mom = [self.state[p]["mom"] for p in params]
+            # multi-tensor (foreach) form of the three updates in the module docstring
+            torch._foreach_mul_(ms, group["decay"])
+            torch._foreach_addcmul_(ms, grads, grads, value=1.0 - group["decay"])
+            denom = torch._foreach_add(ms, group["eps"])
+            torch._foreach_sqrt_(denom)
+            torch._foreach_mul_(mom, group["momentum"])
+            torch._foreach_addcdiv_(mom, grads, denom, value=group["lr"])
+            torch._foreach_sub_(params, mom)
         return loss

@@ -1,0 +1,142 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # The local losses induced by the transfer functions
+#
+# LocoProp-M fits each layer's pre-activation $\hat a = XW$ to a target with the *matching loss*
+# of the layer's transfer function $f = \nabla F$, the Bregman divergence
+#
+# $$
+# D_F(\hat a, a) = F(\hat a) - F(a) - f(a)\,(\hat a - a), \qquad \nabla_{\hat a} D_F = f(\hat a) - f(a).
+# $$
+#
+# It is convex in $\hat a$, hence in $W$, and it is the squared loss $\tfrac12(\hat a - a)^2$ when
+# $f$ is the identity (LocoProp-S). This notebook draws $D_F(\hat a, a)$ as a function of the
+# prediction $\hat a$ for a few targets $a$, for the transfer functions of the autoencoder
+# (tanh hidden layers, sigmoid output) and for ReLU, beside the squared loss. All losses come from
+# `locoprop.transfer`.
+
+# %% tags=["parameters"]
+profile = "smoke"
+dataset = "digits"
+device = "cpu"
+
+# %%
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+import torch
+
+from locoprop.transfer import get_transfer
+
+sns.set_theme(context="notebook", style="whitegrid")
+torch.set_default_dtype(torch.float64)
+print(f"profile={profile}; this notebook needs no data and no training (dataset={dataset}, device={device} unused)")
+
+# %%
+names = {"identity": "squared loss (identity)", "sigmoid": "sigmoid", "tanh": "tanh", "relu": "ReLU"}
+targets = [-2.0, -0.5, 0.5, 2.0]
+a_hat = torch.linspace(-4.0, 4.0, 401)
+
+rows = []
+for name, label in names.items():
+    transfer = get_transfer(name)
+    for a in targets:
+        a_vec = torch.full_like(a_hat, a)
+        loss = transfer.bregman(a_hat[:, None], a_vec[:, None])
+        grad = transfer.f(a_hat) - transfer.f(a_vec)
+        rows.append(pd.DataFrame({
+            "transfer": label, "target a": a, "prediction â": a_hat.numpy(),
+            "matching loss": loss.numpy(), "gradient": grad.numpy(),
+        }))
+curves = pd.concat(rows, ignore_index=True)
+
+# %% [markdown]
+# ## The losses
+#
+# Each panel shows $D_F(\hat a, a)$ against $\hat a$, one curve per target $a$ (marked by a dot on
+# the horizontal axis, where the loss is zero).
+
+# %%
+grid = sns.relplot(
+    data=curves, x="prediction â", y="matching loss", hue="target a", col="transfer",
+    kind="line", col_wrap=4, height=3.2, aspect=1.0, palette="viridis",
+    facet_kws={"sharey": False},
+)
+grid.set_axis_labels("prediction $\\hat a$", "matching loss $D_F(\\hat a, a)$")
+grid.set_titles("{col_name}")
+for ax in grid.axes.flat:
+    ax.set_ylim(-0.2, 8.0)
+    ax.scatter(targets, [0.0] * len(targets), c=sns.color_palette("viridis", len(targets)), zorder=3, s=18)
+grid.figure.suptitle("Matching losses of the transfer functions", y=1.04)
+plt.show()
+
+# %% [markdown]
+# **Figure 1.** The matching loss $D_F(\hat a, a)$ of each transfer function as a function of the
+# prediction $\hat a$, for targets $a \in \{-2, -0.5, 0.5, 2\}$ (dots). The squared loss (identity
+# transfer, LocoProp-S) is the same parabola around every target. The sigmoid and tanh losses are
+# parabola-like only near the target and grow *linearly* away from it, with slopes set by how far
+# $f(a)$ is from each end of the range of $f$ (for sigmoid: $\sigma(a)$ to the left, $1 - \sigma(a)$
+# to the right). A prediction that overshoots a saturated target further into saturation is
+# hardly penalised (the yellow curve, $a = 2$, is almost flat for $\hat a > 2$), because the
+# loss measures the mismatch of the *outputs* $f(\hat a)$ and $f(a)$. The ReLU loss is zero for
+# every $\hat a \le 0$ when the target is negative (all such predictions give the output 0, so the
+# curves for $a = -2$ and $a = -0.5$ coincide) and grows linearly to the left of a positive target.
+
+# %% [markdown]
+# ## Their gradients
+#
+# The gradient $f(\hat a) - f(a)$ is what a local optimisation step back-propagates into the
+# layer's weights.
+
+# %%
+grid = sns.relplot(
+    data=curves, x="prediction â", y="gradient", hue="target a", col="transfer",
+    kind="line", col_wrap=4, height=3.2, aspect=1.0, palette="viridis",
+    facet_kws={"sharey": False},
+)
+grid.set_axis_labels("prediction $\\hat a$", "gradient $f(\\hat a) - f(a)$")
+grid.set_titles("{col_name}")
+for ax in grid.axes.flat:
+    ax.axhline(0.0, color="0.4", lw=0.8)
+grid.figure.suptitle("Gradients of the matching losses", y=1.04)
+plt.show()
+
+# %% [markdown]
+# **Figure 2.** The gradient of each matching loss with respect to the prediction,
+# $f(\hat a) - f(a)$. For the squared loss it grows without bound; for sigmoid and tanh it is
+# bounded by the width of the range of $f$ (1 for sigmoid, 2 for tanh), so the local problem of a
+# saturating layer never produces huge steps; for ReLU it is the constant $-\max(a, 0)$ wherever
+# $\hat a < 0$ (zero for a negative target).
+
+# %% [markdown]
+# ## A few values
+#
+# The table lists $D_F(\hat a, a)$ at a few points (a regression check of `locoprop.transfer`
+# when this notebook is re-run as a test).
+
+# %%
+check_points = [(-3.0, -2.0), (0.0, 0.5), (1.0, -0.5), (3.0, 2.0), (-1.0, 2.0)]
+table = pd.DataFrame(
+    {
+        label: [
+            float(get_transfer(name).bregman(torch.tensor([[ah]]), torch.tensor([[a]])))
+            for ah, a in check_points
+        ]
+        for name, label in names.items()
+    },
+    index=pd.Index([f"â={ah:+.1f}, a={a:+.1f}" for ah, a in check_points], name="point"),
+)
+table.round(6)

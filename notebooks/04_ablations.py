@@ -1,0 +1,230 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Ablations of LocoProp
+#
+# Three knobs of LocoProp on the deep-autoencoder benchmark, one at a time, the others at the
+# paper's values ($T = 10$ local iterations, activation learning rate $\gamma = 10$, TF1-style
+# RMSProp as the inner optimizer with base learning rate $10^{-5}$):
+#
+# 1. the number $T$ of local iterations per step, for LocoProp-S and LocoProp-M ($T = 1$ with plain
+#    gradient descent as inner optimizer is BackProp);
+# 2. the activation learning rate $\gamma$, the step that sets the layer targets
+#    ($A - \gamma G$ for S, $f(A) - \gamma G$ for M);
+# 3. the inner optimizer of LocoProp-M: TF1-style RMSProp (the paper's), plain gradient descent
+#    (`torch.optim.SGD`) and Adam, each over a small grid of inner learning rates.
+#
+# All runs go through `locoprop.runner`; finished runs are loaded from their result files under
+# `data/results/<profile>/` rather than retrained.
+
+# %% tags=["parameters"]
+profile = "smoke"
+dataset = "digits"
+device = "cpu"
+seeds = [0]
+results_dir = None
+
+# %%
+import json
+
+import matplotlib.pyplot as plt
+import matplotlib.ticker as mticker
+import pandas as pd
+import seaborn as sns
+from IPython.display import Markdown, display
+
+from locoprop.results import load_results
+from locoprop.runner import PROFILES, RunConfig, grid, sweep
+
+sns.set_theme(context="notebook", style="whitegrid")
+VARIANTS = {"locoprop-s": "LocoProp-S", "locoprop-m": "LocoProp-M"}
+LOCAL_ITERS = [1, 2, 5, 10, 20]
+GAMMAS = [1.0, 3.0, 10.0, 30.0, 100.0]
+INNER_LRS = {  # inner optimizer -> learning rates tried (the paper's TF1 RMSProp uses 1e-5)
+    "tf-rmsprop": [3e-6, 1e-5, 3e-5, 1e-4],
+    "sgd": [1e-3, 3e-3, 1e-2, 3e-2],
+    "adam": [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2],
+}
+INNER_LABELS = {"tf-rmsprop": "TF1 RMSProp", "sgd": "gradient descent", "adam": "Adam"}
+VARIANT_COLORS = {"LocoProp-S": sns.color_palette("tab10")[8], "LocoProp-M": sns.color_palette("tab10")[9]}  # as in 03
+INNER_COLORS = dict(zip(INNER_LABELS.values(), sns.color_palette("Set2", 3)))
+base = {name: RunConfig(optimizer=name, dataset=dataset, profile=profile, device=device, results_dir=results_dir)
+        for name in VARIANTS}
+
+ablations = {
+    "local iterations T": [c for name in VARIANTS for c in grid(base[name], local_iters=LOCAL_ITERS, seed=seeds)],
+    "activation learning rate γ": [c for name in VARIANTS for c in grid(base[name], gamma=GAMMAS, seed=seeds)],
+    "inner optimizer": [c for inner, lrs in INNER_LRS.items()
+                        for c in grid(base["locoprop-m"], inner=inner, lr=lrs, seed=seeds)],
+}
+prof = PROFILES[profile]
+print(f"profile={profile} dataset={dataset} device={device} seeds={seeds}: "
+      f"{sum(map(len, ablations.values()))} runs of {prof.epochs} epochs")
+if profile == "smoke":
+    display(Markdown(
+        f"**Smoke-scale results**: {dataset}, a scaled-down autoencoder, {prof.epochs} epochs on a CPU. "
+        f"Trends at this scale need not carry over to the paper's setting."
+    ))
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+results = sweep([c for configs in ablations.values() for c in configs], progress=False)
+print(f"{len(results)} runs: {sum(not r.skipped for r in results)} trained now, "
+      f"{sum(r.skipped for r in results)} loaded from their result files")
+
+# %%
+all_runs = load_results(results_dir, profile)
+
+
+def runs_of(configs):
+    """Per-epoch records of ``configs`` (from their result files) with their hyper-parameters as columns."""
+    ids = {c.run_id for c in configs}
+    df = all_runs[all_runs["run_id"].isin(ids)].copy()
+    hp = pd.DataFrame([json.loads(h) for h in df["hparams"]], index=df.index)
+    df = df.join(hp[[k for k in ("local_iters", "gamma", "inner") if k in hp]].rename(columns=lambda k: f"hp_{k}"))
+    df["lr_inner"] = hp["lr"]
+    df["variant"] = df["optimizer"].map(VARIANTS)
+    return df
+
+
+def final(df, by):
+    """Last epoch of each run, averaged over seeds, with the mean time per training epoch."""
+    last = df.sort_values("epoch").groupby("run_id").tail(1)
+    per_epoch = df[df["epoch"] > 0].groupby("run_id")["epoch_time"].mean().rename("s / epoch")
+    last = last.join(per_epoch, on="run_id")
+    out = last.groupby(by, as_index=False).agg(
+        final_train_loss=("train_loss", "mean"), final_test_loss=("test_loss", "mean"),
+        s_per_epoch=("s / epoch", "mean"), epochs=("epoch", "max"), diverged=("status", lambda s: int((s == "diverged").sum())),
+    )
+    return out
+
+
+def log_loss_axis(ax):
+    """Log-scale loss axis labelled with plain numbers."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "2345" else ""))
+
+
+def log_x_axis(ax, ticks):
+    """Log-scale x axis with ticks at the values tried."""
+    ax.set_xscale("log")
+    ax.set_xticks(ticks)
+    ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_locator(mticker.NullLocator())
+
+
+def show(table):
+    """Losses to 4 significant digits, times to 3 (a regression-checked table)."""
+    table = table.copy()
+    for col in ("final_train_loss", "final_test_loss"):
+        table[col] = table[col].map(lambda v: f"{v:.4g}")
+    table["s_per_epoch"] = table["s_per_epoch"].map(lambda v: f"{v:.3g}")
+    return table.rename(columns={"final_train_loss": "final train loss", "final_test_loss": "final test loss",
+                                 "s_per_epoch": "s / epoch"})
+
+
+# %% [markdown]
+# ## 1. Number of local iterations $T$
+
+# %%
+t_runs = runs_of(ablations["local iterations T"])
+t_final = final(t_runs, ["variant", "hp_local_iters"])
+fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+sns.lineplot(data=t_final, x="hp_local_iters", y="final_train_loss", hue="variant", marker="o", ax=axes[0],
+             palette=VARIANT_COLORS)
+sns.lineplot(data=t_runs[t_runs["variant"] == "LocoProp-M"], x="epoch", y="train_loss", hue="hp_local_iters",
+             palette="viridis", ax=axes[1], errorbar=None, legend="full")
+log_x_axis(axes[0], LOCAL_ITERS)
+axes[0].set(xlabel="local iterations $T$", ylabel="final train loss (nats / image)", title="final train loss")
+axes[0].legend(title=None)
+log_loss_axis(axes[1])
+axes[1].set(xlabel="epoch", ylabel="train loss (nats / image)", title="LocoProp-M, train loss per epoch")
+axes[1].legend(title="$T$", fontsize="small")
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# **Figure 1.** Left: final training loss (after the last epoch) against the number $T$ of local
+# iterations per step (log scale), for LocoProp-S and LocoProp-M. Right: LocoProp-M's training
+# loss per epoch for each $T$. Each step costs one forward and one backward pass plus $T$ local
+# iterations per layer (the time per epoch is in the table below).
+
+# %%
+show(t_final.rename(columns={"hp_local_iters": "T"}).set_index(["variant", "T"]))
+
+# %% [markdown]
+# ## 2. Activation learning rate $\gamma$
+
+# %%
+g_runs = runs_of(ablations["activation learning rate γ"])
+g_final = final(g_runs, ["variant", "hp_gamma"])
+fig, ax = plt.subplots(figsize=(6, 4))
+sns.lineplot(data=g_final, x="hp_gamma", y="final_train_loss", hue="variant", marker="o", ax=ax,
+             palette=VARIANT_COLORS)
+log_x_axis(ax, GAMMAS)
+ax.set(xlabel="activation learning rate $\\gamma$", ylabel="final train loss (nats / image)",
+       title="final train loss against $\\gamma$")
+ax.legend(title=None)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# **Figure 2.** Final training loss against the activation learning rate $\gamma$ (log scale),
+# the other settings at the paper's values. The first local gradient is $\gamma$ times the
+# BackProp gradient, so with an adaptive inner optimizer $\gamma$ matters mostly through how far
+# the targets move: for LocoProp-S through RMSProp's $\epsilon$ and initial state, for LocoProp-M
+# also through the saturation of the transfer functions.
+
+# %%
+show(g_final.rename(columns={"hp_gamma": "γ"}).set_index(["variant", "γ"]))
+
+# %% [markdown]
+# ## 3. Inner optimizer of LocoProp-M
+
+# %%
+i_runs = runs_of(ablations["inner optimizer"])
+i_runs["inner optimizer"] = i_runs["hp_inner"].map(INNER_LABELS)
+i_final = final(i_runs, ["inner optimizer", "lr_inner"])
+best_lr = i_final.loc[i_final.groupby("inner optimizer")["final_train_loss"].idxmin(), ["inner optimizer", "lr_inner"]]
+best_runs = i_runs.merge(best_lr, on=["inner optimizer", "lr_inner"])
+fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+sns.lineplot(data=i_final, x="lr_inner", y="final_train_loss", hue="inner optimizer", marker="o", ax=axes[0],
+             palette=INNER_COLORS)
+sns.lineplot(data=best_runs, x="epoch", y="train_loss", hue="inner optimizer", ax=axes[1], errorbar=None,
+             palette=INNER_COLORS)
+axes[0].set(xscale="log", xlabel="inner learning rate $\\nu$", ylabel="final train loss (nats / image)",
+            title="final train loss against $\\nu$")
+log_loss_axis(axes[0])
+# A diverged run (see the table) would squash the curves: cap the axis at twice the initial loss.
+axes[0].set_ylim(top=min(axes[0].get_ylim()[1], 2 * i_runs.loc[i_runs["epoch"] == 0, "train_loss"].max()))
+log_loss_axis(axes[1])
+axes[1].set(xlabel="epoch", ylabel="train loss (nats / image)", title="best $\\nu$ of each, per epoch")
+for ax in axes:
+    ax.legend(title=None, fontsize="small")
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# **Figure 3.** LocoProp-M with three inner optimizers. Left: final training loss against the inner
+# learning rate $\nu$ (both log scale; a run that diverged is cut off at twice the initial loss,
+# its row in the table says so). Right: training loss per epoch at each inner optimizer's best
+# $\nu$. The inner learning rates are not comparable across optimizers: gradient descent's step is
+# $\nu$ times the (batch-summed) local gradient, Adam's and RMSProp's are normalised. Where an
+# optimizer's best $\nu$ is the largest one tried, a larger one may do better still: the grids are
+# small, to keep the ablation cheap.
+
+# %%
+show(i_final.rename(columns={"lr_inner": "ν"}).set_index(["inner optimizer", "ν"]))

@@ -11,7 +11,8 @@ is not part of an epoch.  For each optimizer the benchmark also reports
 
 * the peak device memory of its epochs (CUDA only),
 * the FLOPs of one training step, counted by ``torch.utils.flop_counter.FlopCounterMode``
-  (matrix products of forward, backward and optimizer step), and the achieved FLOP/s,
+  (matrix products of forward, backward and optimizer step; the Cholesky and eigenvalue
+  decompositions of K-FAC and Shampoo are not counted), and the achieved FLOP/s,
 * the ratio of its epoch time to RMSProp's from the same run,
 
 and, once per run, the float32 matrix-multiply ceiling of the device on the shapes of a LocoProp

@@ -50,8 +50,9 @@ from IPython.display import Markdown, display
 from myst_nb import glue
 
 from locoprop.optim import FIRST_ORDER
-from locoprop.results import load_results, summary
-from locoprop.runner import PROFILES, RunConfig, run, sweep
+from locoprop.results import load_results, summary, time_to_target
+from locoprop.runner import PROFILES, RunConfig, default_results_dir, run, sweep
+from locoprop.tuning import BUDGET, GRIDS
 
 sns.set_theme(context="notebook", style="whitegrid")
 OPTIMIZERS = ["sgd", "momentum", "adagrad", "rmsprop", "adam", "shampoo", "kfac", "locoprop-s", "locoprop-m"]
@@ -192,6 +193,72 @@ table = pd.DataFrame({
     "order": best["order"],
 }).sort_values("order").drop(columns="order").set_index("optimizer")
 table
+
+# %% [markdown]
+# ## Time to reach RMSProp's final loss
+#
+# For each optimizer (its best setting), the first epoch at which its training loss is at or below
+# the final training loss of RMSProp, and the training time it took to get there (evaluation
+# excluded), averaged over the seeds that reach it; the speed-up is RMSProp's time over the
+# optimizer's. Empty cells: never reached within the run.
+
+# %%
+reach = time_to_target(runs.assign(optimizer=runs["optimizer"].astype(str)), reference="RMSProp")
+pd.DataFrame({
+    "optimizer": reach["optimizer"],
+    "target (RMSProp's final loss)": reach["target"].map(lambda v: f"{v:.4g}"),
+    "epochs to target": reach["epochs_to_target"].map(lambda v: "" if pd.isna(v) else f"{v:g}"),
+    "seconds to target": reach["time_to_target"].map(lambda v: "" if pd.isna(v) else f"{v:.3g}"),
+    "speed-up over RMSProp": reach["speedup"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}x"),
+    "seeds reaching it": reach["seeds_reaching"].astype(str) + " / " + reach["seeds"].astype(str),
+}).set_index("optimizer")
+
+# %% [markdown]
+# ## Tuning grids for the paper-scale comparison
+#
+# At the paper scale every optimizer is tuned with the same budget of trials on the knobs its
+# literature tunes (`locoprop.tuning.GRIDS`, run by `python -m locoprop tune`), and the setting
+# with the lowest final training loss is rerun with three seeds. The smoke runs above use the
+# fixed defaults of `locoprop.runner.DEFAULT_HPARAMS` instead.
+
+# %%
+pd.DataFrame([
+    {"optimizer": LABELS[name], "trials": BUDGET,
+     "grid": "; ".join(f"{knob} ∈ {{{', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in values)}}}"
+                       for knob, values in grid.items())}
+    for name, grid in GRIDS.items()
+]).set_index("optimizer")
+
+# %% [markdown]
+# ## Cost per epoch on the paper's autoencoder
+#
+# `python -m locoprop bench` times every optimizer on the paper's autoencoder and batch size (its
+# JSON reports are under `data/results/bench/`): the median time of a training epoch (evaluation
+# excluded), its ratio to RMSProp's from the same run, the FLOPs of one step (counted by PyTorch's
+# FLOP counter) and the throughput they imply. The latest report of each device is shown.
+
+# %%
+bench_root = (Path(results_dir) if results_dir else default_results_dir()) / "bench"
+reports = {}
+for path in sorted(bench_root.glob("*.json")):
+    report = json.loads(path.read_text())
+    reports[report["provenance"]["device_name"]] = report  # file names sort by time: the last one wins
+for device_name, report in reports.items():
+    display(Markdown(
+        f"**{device_name}** (torch {report['provenance']['versions']['torch']}, "
+        f"{report['provenance']['started'][:10]}; {report['rows'][0]['steps_per_epoch']} steps per timed epoch, "
+        f"float32 matrix-multiply ceiling on LocoProp's shapes {report['matmul_ceiling_tflops']:.3g} TFLOP/s)"
+    ))
+    display(pd.DataFrame([{
+        "optimizer": row["label"],
+        "s / epoch": f"{row['epoch_s']:.3g}",
+        "x RMSProp": f"{row['ratio_to_rmsprop']:.2f}",
+        "GFLOP / step": f"{row['flops_per_step'] / 1e9:.1f}",
+        "TFLOP/s": f"{row['tflops']:.3g}",
+        "peak memory (MiB)": "n/a" if row["peak_memory_mib"] is None else f"{row['peak_memory_mib']:.0f}",
+    } for row in report["rows"]]).set_index("optimizer"))
+if not reports:
+    print("no benchmark reports under data/results/bench/ yet")
 
 # %% [markdown]
 # ## Headline numbers

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["COLUMNS", "ResultsError", "frame", "load_results", "summary", "time_to_target"]
+__all__ = ["COLUMNS", "ResultsError", "frame", "load_results", "load_runs", "summary", "time_to_target"]
 
 RUN_COLUMNS = ("run_id", "profile", "dataset", "optimizer", "seed", "hparams", "status", "diverged_epoch",
                "device", "git_commit")
@@ -68,6 +68,12 @@ def load_results(results_dir: str | Path | None = None, profile: str | None = No
     folders = [root / profile] if profile is not None else sorted(p for p in root.glob("*") if p.is_dir())
     paths = sorted(p for folder in folders for p in folder.glob("*.json"))
     return frame(_read(p) for p in paths)
+
+
+def load_runs(configs: Iterable[Any]) -> pd.DataFrame:
+    """The records of those run configurations (:class:`locoprop.runner.RunConfig`) that have a result file."""
+    paths = [config.paths()["json"] for config in configs]
+    return frame(_read(path) for path in paths if path.exists())
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:

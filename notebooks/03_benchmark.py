@@ -43,23 +43,19 @@ import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import matplotlib.ticker as mticker
 import pandas as pd
 import seaborn as sns
 from IPython.display import Markdown, display
 from myst_nb import glue
 
 from locoprop.optim import FIRST_ORDER
-from locoprop.results import load_results, summary, time_to_target
+from locoprop.plotting import LABELS, PALETTE, log_loss_axis
+from locoprop.results import load_results, load_runs, summary, time_to_target
 from locoprop.runner import PROFILES, RunConfig, default_results_dir, run, sweep
 from locoprop.tuning import BUDGET, GRIDS
 
 sns.set_theme(context="notebook", style="whitegrid")
 OPTIMIZERS = ["sgd", "momentum", "adagrad", "rmsprop", "adam", "shampoo", "kfac", "locoprop-s", "locoprop-m"]
-LABELS = {"sgd": "SGD", "momentum": "Momentum", "nesterov": "Nesterov", "adagrad": "AdaGrad",
-          "rmsprop": "RMSProp", "adam": "Adam", "shampoo": "Shampoo", "kfac": "K-FAC",
-          "locoprop-s": "LocoProp-S", "locoprop-m": "LocoProp-M"}
-PALETTE = dict(zip(LABELS.values(), sns.color_palette("tab10", len(LABELS))))
 
 
 def benchmark_configs(profile, dataset, seeds):
@@ -69,18 +65,9 @@ def benchmark_configs(profile, dataset, seeds):
             for name in OPTIMIZERS for seed in seeds]
 
 
-def log_loss_axis(ax):
-    """Log-scale loss axis labelled with plain numbers."""
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.yaxis.set_minor_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "2345" else ""))
-
-
-def records_of(configs, profile):
-    """The per-epoch records of those configurations that have a result file."""
-    ids = {config.run_id for config in configs}
-    df = load_results(results_dir, profile)
-    df = df[df["run_id"].isin(ids)].copy()
+def records_of(configs):
+    """The per-epoch records of those configurations that have a result file, in benchmark order."""
+    df = load_runs(configs)
     df["optimizer"] = pd.Categorical(df["optimizer"].map(LABELS),
                                      [LABELS[name] for name in OPTIMIZERS], ordered=True)
     return df.sort_values(["optimizer", "seed", "epoch"]).reset_index(drop=True)
@@ -99,7 +86,7 @@ print(f"{len(results)} runs: {sum(not r.skipped for r in results)} trained now, 
       f"{sum(r.skipped for r in results)} loaded from their result files")
 
 # %%
-runs = records_of(configs, profile)
+runs = records_of(configs)
 shown_profile, shown_dataset = profile, dataset
 
 # Paper-scale results are shown where they exist (MNIST preferred, as in the paper).
@@ -107,7 +94,7 @@ if profile != "paper":
     paper = load_results(results_dir, "paper")
     for candidate in ("mnist", "fashion-mnist"):
         paper_seeds = sorted(paper.loc[paper["dataset"] == candidate, "seed"].unique().tolist())
-        found = records_of(benchmark_configs("paper", candidate, paper_seeds), "paper") if paper_seeds else paper.iloc[:0]
+        found = records_of(benchmark_configs("paper", candidate, paper_seeds)) if paper_seeds else paper.iloc[:0]
         if found["optimizer"].nunique() >= 2 and "LocoProp-M" in set(found["optimizer"]):
             runs, shown_profile, shown_dataset = found, "paper", candidate
             break

@@ -40,12 +40,12 @@ results_dir = None
 import json
 
 import matplotlib.pyplot as plt
-import matplotlib.ticker as mticker
 import pandas as pd
 import seaborn as sns
 from IPython.display import Markdown, display
 
-from locoprop.results import load_results
+from locoprop.plotting import PALETTE, log_loss_axis, log_x_axis
+from locoprop.results import load_runs
 from locoprop.runner import PROFILES, RunConfig, grid, sweep
 
 sns.set_theme(context="notebook", style="whitegrid")
@@ -58,7 +58,7 @@ INNER_LRS = {  # inner optimizer -> learning rates tried (the paper's TF1 RMSPro
     "adam": [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2],
 }
 INNER_LABELS = {"tf-rmsprop": "TF1 RMSProp", "sgd": "gradient descent", "adam": "Adam"}
-VARIANT_COLORS = {"LocoProp-S": sns.color_palette("tab10")[8], "LocoProp-M": sns.color_palette("tab10")[9]}  # as in 03
+VARIANT_COLORS = {label: PALETTE[label] for label in VARIANTS.values()}  # as in the benchmark
 INNER_COLORS = dict(zip(INNER_LABELS.values(), sns.color_palette("Set2", 3)))
 base = {name: RunConfig(optimizer=name, dataset=dataset, profile=profile, device=device, results_dir=results_dir)
         for name in VARIANTS}
@@ -85,13 +85,9 @@ print(f"{len(results)} runs: {sum(not r.skipped for r in results)} trained now, 
       f"{sum(r.skipped for r in results)} loaded from their result files")
 
 # %%
-all_runs = load_results(results_dir, profile)
-
-
 def runs_of(configs):
     """Per-epoch records of ``configs`` (from their result files) with their hyper-parameters as columns."""
-    ids = {c.run_id for c in configs}
-    df = all_runs[all_runs["run_id"].isin(ids)].copy()
+    df = load_runs(configs)
     hp = pd.DataFrame([json.loads(h) for h in df["hparams"]], index=df.index)
     df = df.join(hp[[k for k in ("local_iters", "gamma", "inner") if k in hp]].rename(columns=lambda k: f"hp_{k}"))
     df["lr_inner"] = hp["lr"]
@@ -109,21 +105,6 @@ def final(df, by):
         s_per_epoch=("s / epoch", "mean"), epochs=("epoch", "max"), diverged=("status", lambda s: int((s == "diverged").sum())),
     )
     return out
-
-
-def log_loss_axis(ax):
-    """Log-scale loss axis labelled with plain numbers."""
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.yaxis.set_minor_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "2345" else ""))
-
-
-def log_x_axis(ax, ticks):
-    """Log-scale x axis with ticks at the values tried."""
-    ax.set_xscale("log")
-    ax.set_xticks(ticks)
-    ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_locator(mticker.NullLocator())
 
 
 def show(table):

@@ -1,0 +1,34 @@
+"""Names, colours and axes shared by the notebooks' figures (matplotlib / seaborn)."""
+from __future__ import annotations
+
+import matplotlib.ticker as mticker
+import seaborn as sns
+
+__all__ = ["LABELS", "PALETTE", "log_loss_axis", "log_x_axis"]
+
+#: Display name of every optimizer of :data:`locoprop.OPTIMIZERS`.
+LABELS = {"sgd": "SGD", "momentum": "Momentum", "nesterov": "Nesterov", "adagrad": "AdaGrad",
+          "rmsprop": "RMSProp", "adam": "Adam", "shampoo": "Shampoo", "kfac": "K-FAC",
+          "locoprop-s": "LocoProp-S", "locoprop-m": "LocoProp-M"}
+
+#: One colour per optimizer display name, the same in every figure.
+PALETTE = dict(zip(LABELS.values(), sns.color_palette("tab10", len(LABELS))))
+
+
+def _plain(value, _position=None) -> str:
+    return f"{value:g}"
+
+
+def log_loss_axis(ax) -> None:
+    """Log-scale y axis labelled with plain numbers (minor labels at 2, 3, 4, 5 x 10^k)."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(mticker.FuncFormatter(_plain))
+    ax.yaxis.set_minor_formatter(mticker.FuncFormatter(lambda v, _: _plain(v) if _plain(v)[0] in "2345" else ""))
+
+
+def log_x_axis(ax, ticks) -> None:
+    """Log-scale x axis with ticks at the values tried, labelled with plain numbers."""
+    ax.set_xscale("log")
+    ax.set_xticks(ticks)
+    ax.xaxis.set_major_formatter(mticker.FuncFormatter(_plain))
+    ax.xaxis.set_minor_locator(mticker.NullLocator())

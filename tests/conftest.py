@@ -23,13 +23,22 @@ def digits():
     return torch.tensor(load_digits().data / 16.0, dtype=torch.float32)
 
 
+def train_steps(model, opt, batches):
+    """The training loop every optimizer of the package shares (autoencoder loss; the loss
+    closure for optimizers that ask for one)."""
+    from locoprop.models import reconstruction_loss
+
+    for x in batches:
+        opt.zero_grad()
+        reconstruction_loss(model(x), x).backward()
+        wants = getattr(opt, "needs_loss_closure", False)
+        opt.step((lambda x=x: reconstruction_loss(model(x), x)) if wants else None)
+
+
 @pytest.fixture
 def train_on_digits(digits):
-    """``train(model, opt, epochs=3, batch_size=100, data=None) -> (initial loss, final loss)``.
-
-    The training loop every optimizer of the package shares (with the loss closure for those that
-    ask for one), on shuffled batches of the digits; losses are over the whole set.
-    """
+    """``train(model, opt, epochs=3, batch_size=100, data=None) -> (initial loss, final loss)``
+    on shuffled batches of the digits; losses are over the whole set."""
     from locoprop.models import reconstruction_loss
 
     def train(model, opt, epochs=3, batch_size=100, data=None):
@@ -39,14 +48,32 @@ def train_on_digits(digits):
         g = torch.Generator().manual_seed(0)
         for _ in range(epochs):
             perm = torch.randperm(len(x_all), generator=g)
-            for i in range(0, len(x_all) - batch_size + 1, batch_size):
-                x = x_all[perm[i:i + batch_size]]
-                opt.zero_grad()
-                reconstruction_loss(model(x), x).backward()
-                wants = getattr(opt, "needs_loss_closure", False)
-                opt.step((lambda x=x: reconstruction_loss(model(x), x)) if wants else None)
+            train_steps(model, opt, [x_all[perm[i:i + batch_size]]
+                                     for i in range(0, len(x_all) - batch_size + 1, batch_size)])
         with torch.no_grad():
             final = reconstruction_loss(model(x_all), x_all).item()
         return initial, final
 
     return train
+
+
+@pytest.fixture
+def resumes_bit_identically():
+    """``check(make, batches, split) -> bool``: train ``make(fresh=False)`` on ``batches[:split]``,
+    save model and optimizer state, train on the rest; a new ``make(fresh=True)`` (which may
+    start from other weights and seeds) loaded with the saved state and trained on the rest must
+    end with bit-identical parameters."""
+    import copy
+
+    def check(make, batches, split):
+        model, opt = make(fresh=False)
+        train_steps(model, opt, batches[:split])
+        saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+        train_steps(model, opt, batches[split:])
+        resumed, resumed_opt = make(fresh=True)
+        resumed.load_state_dict(saved_model)
+        resumed_opt.load_state_dict(saved_opt)
+        train_steps(resumed, resumed_opt, batches[split:])
+        return all(torch.equal(p, q) for p, q in zip(model.parameters(), resumed.parameters()))
+
+    return check

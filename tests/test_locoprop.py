@@ -214,25 +214,12 @@ def test_tf_rmsprop_inner_first_step_by_hand():
 
 
 @pytest.mark.parametrize("inner", ["tf-rmsprop", "adam", torch.optim.SGD])
-def test_state_dict_round_trip_continues_bit_identically(inner, digits):
-    x = digits[:200]
-    def make():
-        model = deep_autoencoder((64, 16, 4, 16, 64), seed=0)
+def test_state_dict_round_trip_continues_bit_identically(inner, digits, resumes_bit_identically):
+    def make(fresh):
+        model = deep_autoencoder((64, 16, 4, 16, 64), seed=123 if fresh else 0)
         return model, locoprop.LocoProp(model, lr=1e-4, inner=inner, output_activation="sigmoid")
-    model, opt = make()
-    for i in range(3):
-        train_step(model, opt, x[i * 50:(i + 1) * 50], x[i * 50:(i + 1) * 50], reconstruction_loss)
-    saved_model = copy.deepcopy(model.state_dict())
-    saved_opt = copy.deepcopy(opt.state_dict())
-    for i in range(3, 4):
-        train_step(model, opt, x[i * 50:(i + 1) * 50], x[i * 50:(i + 1) * 50], reconstruction_loss)
-    resumed, resumed_opt = make()
-    resumed.load_state_dict(saved_model)
-    resumed_opt.load_state_dict(saved_opt)
-    for i in range(3, 4):
-        train_step(resumed, resumed_opt, x[i * 50:(i + 1) * 50], x[i * 50:(i + 1) * 50], reconstruction_loss)
-    for p, q in zip(model.parameters(), resumed.parameters()):
-        assert torch.equal(p, q)
+
+    assert resumes_bit_identically(make, digits[:200].split(50), 3)
 
 
 def test_lr_scheduler_drives_the_inner_learning_rate():

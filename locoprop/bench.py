@@ -37,6 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .models import PAPER_SIZES, deep_autoencoder, reconstruction_loss
 from .optim import make_optimizer
 from .provenance import atomic_write_text, provenance
+from .runner import default_results_dir, sync
 
 __all__ = ["Contender", "CONTENDERS", "benchmark", "matmul_ceiling", "format_table", "main"]
 
@@ -65,11 +66,6 @@ CONTENDERS = (
 )
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _training_step(model, opt, closure_for):
     def step(xb):
         opt.zero_grad(set_to_none=True)
@@ -93,11 +89,11 @@ def matmul_ceiling(sizes: Sequence[int], batch_size: int, device: torch.device, 
             x @ w.T
             d.T @ x
     once()
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for _ in range(repeats):
         once()
-    _sync(device)
+    sync(device)
     flops = repeats * sum(2 * 2 * batch_size * d_in * d_out for d_in, d_out in shapes)
     return flops / (time.perf_counter() - start)
 
@@ -149,10 +145,10 @@ def benchmark(
             torch.cuda.reset_peak_memory_stats(device)
         times = []
         for _ in range(epochs):
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             loss = epoch()
-            _sync(device)
+            sync(device)
             times.append(time.perf_counter() - start)
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
         with FlopCounterMode(display=False) as counter:
@@ -233,7 +229,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(format_table(rows, ceiling))
     report = {"settings": vars(args), "matmul_ceiling_tflops": ceiling / 1e12, "rows": rows, "provenance": info}
     if not args.no_save:
-        from .runner import default_results_dir
         root = Path(args.results_dir) if args.results_dir else default_results_dir()
         slug = "".join(ch if ch.isalnum() else "-" for ch in info["device_name"]).strip("-").lower()
         path = root / "bench" / f"{slug}-{time.strftime('%Y%m%dT%H%M%S')}.json"

@@ -300,7 +300,8 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA), so that wall-clock timings are honest."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -427,7 +428,7 @@ def run(
     bar = tqdm(range(start_epoch + 1, cfg.epochs + 1), desc=paths["json"].stem, unit="epoch",
                initial=start_epoch, total=cfg.epochs, disable=_progress_disabled(progress), leave=False)
     for epoch in bar:
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=shuffle, device=device)
         lr = opt.param_groups[0]["lr"]
@@ -442,7 +443,7 @@ def run(
             else:
                 opt.step()
             scheduler.step()
-        _sync(device)
+        sync(device)
         epoch_time = time.perf_counter() - t0
         train_loss, train_se = evaluate(model, train)
         test_loss, test_se = evaluate(model, test)

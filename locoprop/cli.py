@@ -94,10 +94,12 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("tune", help="run the documented tuning grid of each optimizer, or its finalists",
-                       description="Run each optimizer's equal-budget grid (locoprop.tuning.GRIDS); with "
-                                   "--finalists, rerun the best setting (lowest final train loss) with --seeds.")
+                       description="Run each optimizer's equal-budget trials (locoprop.tuning: grid, trial horizon, "
+                                   "early exits); with --finalists, then train each best setting (lowest final train "
+                                   "loss) with the full protocol, seed by seed (--seeds).")
     _add_many(p)
-    p.add_argument("--finalists", action="store_true", help="rerun each optimizer's best setting with --seeds")
+    p.add_argument("--finalists", action="store_true",
+                   help="after all trials, train each optimizer's best setting with the full protocol and --seeds")
     p.add_argument("--seeds", type=_int_list, default=[0, 1, 2], help="seeds of the finalists (default: 0,1,2)")
     _add_common(p)
 
@@ -193,20 +195,26 @@ def _cmd_sweep(args) -> int:
 
 
 def _cmd_tune(args) -> int:
-    import dataclasses
-
+    """Every optimizer's trials first; then, with --finalists, the winners with the full protocol, seed by seed."""
     from .runner import sweep
-    from .tuning import best_setting, grid_configs
+    from .tuning import best_setting, edge_of_grid, finalist_configs, grid_configs
 
-    results = []
-    for name in _optimizer_names(args):
-        base = _base_config(args, name, 0)
-        trials = sweep(grid_configs(base), processes=args.processes, progress=not args.quiet)
-        results += trials
-        if args.finalists:
-            best = best_setting(trials)
-            finalists = [dataclasses.replace(base, hparams=best, seed=s) for s in args.seeds]
-            results += sweep(finalists, processes=args.processes, progress=not args.quiet)
+    names = _optimizer_names(args)
+    bases = {name: _base_config(args, name, 0) for name in names}
+    for base in bases.values():  # every configuration is checked before anything trains
+        grid_configs(base)[0].resolve()
+    trials = {name: sweep(grid_configs(base), processes=args.processes, progress=not args.quiet)
+              for name, base in bases.items()}
+    results = [r for runs in trials.values() for r in runs]
+    if args.finalists:
+        best = {name: best_setting(runs) for name, runs in trials.items()}
+        for name, setting in best.items():
+            edge = edge_of_grid(name, setting)
+            print(f"{name}: best trial {json.dumps(setting, sort_keys=True)}"
+                  + (f" (on the edge of its grid in {', '.join(edge)})" if edge else ""))
+        for seed in args.seeds:
+            configs = [c for name in names for c in finalist_configs(bases[name], best[name], [seed])]
+            results += sweep(configs, processes=args.processes, progress=not args.quiet)
     _report(results)
     return 0
 

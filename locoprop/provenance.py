@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["PROJECT_ROOT", "atomic_write", "atomic_write_text", "git_state", "device_name", "now", "provenance"]
+__all__ = ["PROJECT_ROOT", "atomic_write", "atomic_write_text", "git_state", "cpu_model", "device_name", "now",
+           "provenance"]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,11 +56,22 @@ def git_state() -> tuple[str, bool | None]:
     return commit, dirty
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what :mod:`platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU's with the number of threads torch uses."""
+    """The GPU's name, or the CPU's model with the number of threads torch uses."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine() or 'unknown'}, {torch.get_num_threads()} threads)"
+    return f"cpu ({cpu_model()}, {torch.get_num_threads()} threads)"
 
 
 def now() -> str:
@@ -68,7 +80,7 @@ def now() -> str:
 
 
 def provenance(device: torch.device | str) -> dict[str, Any]:
-    """Git commit and dirty flag, package versions, device, platform and start time."""
+    """Git commit and dirty flag, package versions, device (CPU model, torch threads), platform, start time."""
     from . import __version__
 
     device = torch.device(device)
@@ -76,10 +88,12 @@ def provenance(device: torch.device | str) -> dict[str, Any]:
     return {
         "git_commit": commit,
         "git_dirty": dirty,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "numpy": np.__version__, "locoprop": __version__},
+        "versions": {"python": platform.python_version(), "torch": str(torch.__version__),
+                     "numpy": str(np.__version__), "locoprop": str(__version__)},
         "device": str(device),
         "device_name": device_name(device),
+        "cpu": cpu_model(),
+        "threads": torch.get_num_threads(),
         "platform": platform.platform(),
         "started": now(),
     }

@@ -22,7 +22,8 @@ Files, under ``<results_dir>/<profile>/`` (default ``data/results/``):
 * ``<run_id>.csv``: the per-epoch records;
 * ``checkpoints/<run_id>.pt`` while a run is under way (written atomically after every epoch,
   removed once the result is written): running the same configuration again resumes from it and
-  gives the same records as an uninterrupted run.
+  gives the same records as an uninterrupted run.  It is loaded as data only
+  (``weights_only=True``) and only if it matches the SHA-256 in ``checkpoints/<run_id>.pt.sha256``.
 
 The run id is derived from everything that determines the records (dataset, optimizer,
 hyper-parameters, seed, profile, sizes, activation, epochs, batch size, warm-up, subset,
@@ -30,11 +31,17 @@ divergence threshold), not from the device or the results folder.
 
 A run *diverges* when an evaluated loss is not finite or the train loss exceeds
 ``divergence_factor`` times its value at epoch 0; it stops there and is recorded as diverged.
+A run with ``exits`` (the tuning trials' early exits) is *abandoned* at the first epoch ``e``
+with a rule ``(from_epoch, threshold)``, ``e >= from_epoch``, whose best train loss so far exceeds
+``threshold``; ``diverged_epoch`` is the epoch at which a diverged or abandoned run stopped.
+
+``precision`` names the arithmetic of the run (``"fp32"``, the reference) and is part of its id.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import itertools
 import json
 import math
@@ -78,6 +85,7 @@ RECORD_COLUMNS = (
     "epoch", "train_loss", "test_loss", "train_squared_error", "test_squared_error", "epoch_time", "train_time", "lr",
 )
 EVAL_CHUNK = 10_000
+PRECISIONS = ("fp32",)
 
 
 @dataclass(frozen=True)
@@ -147,7 +155,8 @@ class RunConfig:
     ``hparams`` go to :func:`locoprop.make_optimizer` (``lr`` included) on top of
     ``DEFAULT_HPARAMS[profile][optimizer]``.  ``subset`` keeps the first ``subset`` training images
     (the test set is always complete).  ``divergence_factor`` is the explosion threshold relative to
-    the epoch-0 train loss.
+    the epoch-0 train loss.  ``precision``: one of :data:`PRECISIONS`.  ``exits``: early-exit rules
+    ``(from_epoch, threshold)`` (see the module docstring).
     """
 
     optimizer: str
@@ -164,6 +173,8 @@ class RunConfig:
     subset: int | None = None
     results_dir: str | None = None
     divergence_factor: float = 10.0
+    precision: str = "fp32"
+    exits: tuple[tuple[int, float], ...] = ()
 
     def resolve(self) -> RunConfig:
         """A copy with every default filled in and every field checked (``ValueError`` if invalid)."""
@@ -194,6 +205,7 @@ class RunConfig:
             device=str(self.device or prof.device or ("cuda" if torch.cuda.is_available() else "cpu")),
             results_dir=str(Path(self.results_dir or default_results_dir()).expanduser().resolve()),
             divergence_factor=float(self.divergence_factor),
+            exits=tuple((int(e), float(t)) for e, t in self.exits),
         )
         if resolved.epochs < 1 or resolved.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {resolved.epochs} and {resolved.batch_size}")
@@ -203,6 +215,8 @@ class RunConfig:
             raise ValueError(f"subset ({resolved.subset}) must hold at least one batch ({resolved.batch_size})")
         if not resolved.divergence_factor > 1.0:
             raise ValueError(f"divergence_factor must be > 1, got {resolved.divergence_factor}")
+        if resolved.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {resolved.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if resolved.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device {resolved.device!r} requested but CUDA is not available: use --device cpu")
         return resolved
@@ -210,7 +224,7 @@ class RunConfig:
     def identity(self) -> dict[str, Any]:
         """The fields that determine the records (of a resolved config), as JSON-ready values."""
         keys = ("dataset", "optimizer", "hparams", "seed", "profile", "sizes", "activation", "epochs",
-                "batch_size", "warmup_epochs", "subset", "divergence_factor")
+                "batch_size", "warmup_epochs", "subset", "divergence_factor", "precision", "exits")
         return json.loads(json.dumps({k: getattr(self, k) for k in keys}))
 
     @property
@@ -456,6 +470,10 @@ def run(
                 train_loss > cfg.divergence_factor * records[0]["train_loss"]:
             status, diverged_epoch = "diverged", epoch
             break
+        best = min(r["train_loss"] for r in records[1:])
+        if any(epoch >= start and best > threshold for start, threshold in cfg.exits):
+            status, diverged_epoch = "abandoned", epoch
+            break
         _save_checkpoint(paths["checkpoint"], cfg, model, opt, scheduler, shuffle, device, epoch, records, provenance)
         if callback is not None:
             callback(epoch, record)
@@ -467,6 +485,7 @@ def run(
                        provenance, paths["json"])
     _write_result(result, paths)
     paths["checkpoint"].unlink(missing_ok=True)
+    _digest_path(paths["checkpoint"]).unlink(missing_ok=True)
     try:
         paths["checkpoint"].parent.rmdir()  # only if no other run has a checkpoint there
     except OSError:
@@ -475,6 +494,7 @@ def run(
 
 
 def _save_checkpoint(path, cfg, model, opt, scheduler, shuffle, device, epoch, records, provenance) -> None:
+    """The run's state after ``epoch``, atomically, with the SHA-256 of its bytes in ``<path>.sha256``."""
     state = {
         "identity": cfg.identity(),
         "epoch": epoch,
@@ -486,16 +506,33 @@ def _save_checkpoint(path, cfg, model, opt, scheduler, shuffle, device, epoch, r
         "records": records,
         "provenance": provenance,
     }
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    blob = buffer.getvalue()
+    atomic_write(_digest_path(path), lambda tmp: tmp.write_text(hashlib.sha256(blob).hexdigest() + "\n"))
+    atomic_write(path, lambda tmp: tmp.write_bytes(blob))
+
+
+def _digest_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
 
 
 def _load_checkpoint(path: Path, cfg: RunConfig) -> dict[str, Any] | None:
+    """The checkpoint's state, checked against its SHA-256 and loaded as data only (no code runs)."""
     if not path.exists():
         return None
+    advice = "it was kept; move it (and its .sha256) away to start the run afresh"
     try:
-        state = torch.load(path, map_location=cfg.device, weights_only=False)
+        blob = path.read_bytes()
+        expected = _digest_path(path).read_text().strip()
+    except OSError as err:
+        raise RunConflictError(f"cannot read the checkpoint {path} or its SHA-256 ({err}); {advice}") from None
+    if hashlib.sha256(blob).hexdigest() != expected:
+        raise RunConflictError(f"the checkpoint {path} does not match its SHA-256 (damaged or partly written); {advice}")
+    try:
+        state = torch.load(io.BytesIO(blob), map_location=cfg.device, weights_only=True)
     except Exception as err:
-        raise RunConflictError(f"cannot read the checkpoint {path} ({err}); move it away to start the run afresh") from None
+        raise RunConflictError(f"cannot read the checkpoint {path} ({err}); {advice}") from None
     if state.get("identity") != cfg.identity():
         raise RunConflictError(f"the checkpoint {path} belongs to a different configuration; move it away to run this one")
     state["rng"]["shuffle"] = state["rng"]["shuffle"].cpu()

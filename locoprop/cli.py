@@ -22,11 +22,21 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_value(text: str) -> Any:
-    """A command-line value: JSON (numbers, true/false, null, lists) if it parses, else the string."""
+    """A command-line value: JSON (numbers, true/false, null, lists, quoted strings) if it parses, else the
+    bare string (``adam``, ``tf-rmsprop``); text that starts like JSON but does not parse is an error."""
     try:
         return json.loads(text)
     except ValueError:
-        return {"True": True, "False": False, "None": None}.get(text, text)
+        if text in ("True", "False", "None"):
+            return {"True": True, "False": False, "None": None}[text]
+        if text[:1] in '{["' or _looks_numeric(text):
+            raise ValueError(f"cannot parse the value {text!r}: write a number (1e-3), true/false, null, "
+                             f"a JSON list [1, 2] or a bare word") from None
+        return text
+
+
+def _looks_numeric(text: str) -> bool:
+    return bool(text) and (text[0].isdigit() or (text[0] in "+-." and text[1:2].isdigit()))
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -38,9 +48,12 @@ def _key_value(text: str) -> tuple[str, str]:
 
 def _int_list(text: str) -> list[int]:
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected comma-separated integers, got nothing")
+    return values
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -251,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
         return {"run": _cmd_run, "sweep": _cmd_sweep, "tune": _cmd_tune, "results": _cmd_results}[args.command](args)
     except (ValueError, DataError) as err:
         print(f"locoprop: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # e.g. a results folder that cannot be written
+        print(f"locoprop: error: {err.strerror or err}: {err.filename or ''} (check the path and its permissions)",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("locoprop: interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)

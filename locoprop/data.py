@@ -28,6 +28,7 @@ import hashlib
 import logging
 import os
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,15 +119,23 @@ _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 
 
 
 # --------------------------------------------------------------------------- IDX format
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise DataError(f"cannot read {path} ({err.strerror or err}); check its permissions or replace it") from None
+
+
 def _payload(path: Path) -> bytes:
     """The IDX bytes of ``path``: gunzipped when the file starts with the gzip magic bytes."""
-    raw = Path(path).read_bytes()
+    raw = _read(Path(path))
     if raw[:2] != b"\x1f\x8b":
         return raw
     try:
         return gzip.decompress(raw)
-    except (OSError, EOFError, gzip.BadGzipFile) as err:
-        raise DataError(f"{path}: not a readable gzip file ({err}); delete it or download it again") from None
+    except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{path}: not a readable gzip file ({type(err).__name__}: {err}); "
+                        f"replace it with an intact copy, or delete it to download it again") from None
 
 
 def parse_idx(payload: bytes, source: str = "<bytes>") -> np.ndarray:
@@ -188,7 +197,7 @@ def verify_file(path: Path, spec: FileSpec) -> bytes:
     A mismatch raises :class:`DataError` (expected vs actual); the file is left untouched.
     """
     if spec.sha256 is None:
-        actual = hashlib.md5(path.read_bytes()).hexdigest()
+        actual = hashlib.md5(_read(path)).hexdigest()
         if actual != spec.gzip_md5:
             raise _checksum_error(path, "MD5 of the gzip file", spec.gzip_md5, actual)
         return _payload(path)
@@ -225,7 +234,14 @@ def _download(name: str, spec: FileSpec, data_dir=None) -> Path:
     import pooch
 
     target_dir = cache_dir() / name
-    target_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        target_dir.mkdir(parents=True, exist_ok=True)
+        probe = target_dir / f".write-test.{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise DataError(_missing_message(name, spec, data_dir, f"the download cache {target_dir} is not "
+                                         f"writable ({err.strerror or err})")) from None
     partial = target_dir / (spec.filename + ".download")
     failures = []
     logger = pooch.get_logger()
@@ -242,7 +258,10 @@ def _download(name: str, spec: FileSpec, data_dir=None) -> Path:
                 failures.append(f"{url}: {str(err)[:200]}")
                 continue
             final = target_dir / spec.filename
-            os.replace(partial, final)
+            try:
+                os.replace(partial, final)
+            except OSError as err:
+                raise DataError(f"cannot move the verified download {partial} to {final} ({err})") from None
             return final
     finally:
         logger.setLevel(level)

@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["PAPER_SIZES", "deep_autoencoder", "mlp", "glorot_uniform_", "reconstruction_loss", "squared_error"]
+__all__ = ["ACTIVATIONS", "PAPER_SIZES", "deep_autoencoder", "mlp", "glorot_uniform_", "reconstruction_loss", "squared_error"]
 
 PAPER_SIZES = (784, 1000, 500, 250, 30, 250, 500, 1000, 784)
 _ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid}
+ACTIVATIONS = tuple(_ACTIVATIONS)  #: the hidden-layer transfer functions of :func:`mlp`
 
 
 @torch.no_grad()

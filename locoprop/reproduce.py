@@ -35,6 +35,7 @@ __all__ = [
     "source_hash",
     "is_current",
     "results_digest",
+    "kernel_environment",
     "execute",
     "main",
 ]
@@ -64,14 +65,35 @@ def default_device(profile: str) -> str:
 
 
 def notebook_parameters(profile: str, dataset: str | None = None, device: str | None = None) -> dict:
-    """The parameters every notebook receives."""
+    """The parameters every notebook receives, checked (``ValueError``) before any notebook starts."""
+    from .data import NAMES
+    from .runner import _device
+
     if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}: choose one of {PROFILES}")
-    return {
-        "profile": profile,
-        "dataset": dataset or DEFAULT_DATASETS[profile],
-        "device": device or default_device(profile),
-    }
+        raise ValueError(f"unknown profile {profile!r}: choose one of {', '.join(PROFILES)}")
+    dataset = dataset or DEFAULT_DATASETS[profile]
+    if dataset not in NAMES:
+        raise ValueError(f"unknown dataset {dataset!r}: choose one of {', '.join(NAMES)}")
+    device = _device(device or default_device(profile))
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available: use --device cpu")
+    return {"profile": profile, "dataset": dataset, "device": device}
+
+
+def kernel_environment(root: Path) -> dict[str, str]:
+    """The environment of the notebook kernel: this process's, with ``root`` first on ``PYTHONPATH``.
+
+    The kernel then imports the ``locoprop`` package of the checkout being reproduced, whatever
+    checkout the environment's (editable) install points at.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(root).resolve())] + [p for p in env.get("PYTHONPATH", "").split(
+        os.pathsep) if p])
+    env.setdefault("TQDM_DISABLE", "1")  # quiet progress bars inside the kernel
+    return env
 
 
 def source_hash(path: Path) -> str:
@@ -157,17 +179,32 @@ def execute(
         "source_sha256": source_hash(source),
         "parameters": dict(parameters),
     }
-    # Quiet progress bars inside the kernel (the kernel inherits this process's environment).
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    papermill.execute_notebook(
-        nb,
-        str(executed),
-        parameters=dict(parameters),
-        kernel_name=kernel_name,
-        cwd=str(source.parent),
-        progress_bar=progress_bar,
-    )
-    _finish(executed, name, root)
+    # Executed into a temporary file that replaces NAME.ipynb only on success: a failed execution
+    # is kept as NAME.failed.ipynb for inspection and the committed notebook stays as it was.
+    partial = executed.with_name(f".{name}.{os.getpid()}.ipynb")
+    failed = executed.with_name(f"{name}.failed.ipynb")
+    saved_env = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(kernel_environment(root))  # the kernel inherits this process's environment
+    try:
+        papermill.execute_notebook(
+            nb,
+            str(partial),
+            parameters=dict(parameters),
+            kernel_name=kernel_name,
+            cwd=str(source.parent),
+            progress_bar=progress_bar,
+        )
+    except BaseException:
+        if partial.exists():
+            os.replace(partial, failed)
+        raise
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+    _finish(partial, name, root)
+    os.replace(partial, executed)
+    failed.unlink(missing_ok=True)
     return executed
 
 
@@ -188,7 +225,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip notebooks already executed from the same source with the same parameters")
     args = parser.parse_args(argv)
 
-    parameters = notebook_parameters(args.profile, args.dataset, args.device)
+    try:
+        parameters = notebook_parameters(args.profile, args.dataset, args.device)
+    except ValueError as err:
+        parser.error(str(err))
     names = list(NOTEBOOKS)
     if args.notebook:
         names = []
@@ -208,8 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: executing ...", flush=True)
         try:
             out = execute(name, parameters, root)
-        except Exception as exc:  # papermill writes the partly executed notebook
-            print(f"{name}: FAILED after {time.perf_counter() - start:.1f} s: {exc}", file=sys.stderr)
+        except Exception as exc:
+            print(f"{name}: FAILED after {time.perf_counter() - start:.1f} s (the executed notebook was kept as "
+                  f"notebooks/{name}.failed.ipynb; notebooks/{name}.ipynb is unchanged): {exc}", file=sys.stderr)
             return False
         executed.append(name)
         print(f"{name}: wrote {out.relative_to(root)} in {time.perf_counter() - start:.1f} s", flush=True)

@@ -25,6 +25,10 @@ Files, under ``<results_dir>/<profile>/`` (default ``data/results/``):
   gives the same records as an uninterrupted run.  It is loaded as data only
   (``weights_only=True``) and only if it matches the SHA-256 in ``checkpoints/<run_id>.pt.sha256``.
 
+Records are bit-exact for the same code, library versions, device and number of threads (the
+provenance records the CPU model and the threads): a different thread count changes the order of
+floating-point sums and so the last bits.
+
 The run id is derived from everything that determines the records (dataset, optimizer,
 hyper-parameters, seed, profile, sizes, activation, epochs, batch size, warm-up, subset,
 divergence threshold), not from the device or the results folder.
@@ -41,12 +45,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import contextlib
 import io
 import itertools
 import json
 import math
 import multiprocessing
 import os
+import socket
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -58,7 +64,7 @@ import torch
 from tqdm import tqdm
 
 from . import data
-from .models import PAPER_SIZES, deep_autoencoder, reconstruction_loss, squared_error
+from .models import ACTIVATIONS, PAPER_SIZES, deep_autoencoder, reconstruction_loss, squared_error
 from .optim import OPTIMIZERS, default_lr, make_optimizer
 from .provenance import PROJECT_ROOT, atomic_write, now
 from .provenance import provenance as make_provenance
@@ -73,6 +79,7 @@ __all__ = [
     "RunConfig",
     "RunConflictError",
     "RunResult",
+    "check",
     "default_results_dir",
     "evaluate",
     "find_result",
@@ -193,30 +200,36 @@ class RunConfig:
             json.dumps(hparams, allow_nan=False)
         except (TypeError, ValueError) as err:
             raise ValueError(f"hyper-parameters must be finite JSON values (numbers, strings, booleans): {err}") from None
+        if self.sizes is not None and len(self.sizes) < 2:
+            raise ValueError(f"sizes must list at least the input and output widths, got {list(self.sizes)} "
+                             f"(leave them out for the dataset's default)")
         resolved = dataclasses.replace(
             self,
             dataset=dataset,
             hparams=hparams,
-            sizes=tuple(int(s) for s in (self.sizes or DEFAULT_SIZES[dataset])),
-            epochs=int(prof.epochs if self.epochs is None else self.epochs),
-            batch_size=int(prof.batch_size if self.batch_size is None else self.batch_size),
-            warmup_epochs=int(prof.warmup_epochs if self.warmup_epochs is None else self.warmup_epochs),
-            seed=int(self.seed),
-            device=str(self.device or prof.device or ("cuda" if torch.cuda.is_available() else "cpu")),
+            sizes=tuple(_integer("sizes", s, 1) for s in (self.sizes or DEFAULT_SIZES[dataset])),
+            epochs=_integer("epochs", prof.epochs if self.epochs is None else self.epochs, 1),
+            batch_size=_integer("batch_size", prof.batch_size if self.batch_size is None else self.batch_size, 1),
+            warmup_epochs=_integer("warmup_epochs",
+                                   prof.warmup_epochs if self.warmup_epochs is None else self.warmup_epochs, 0),
+            seed=_integer("seed", self.seed, 0),
+            subset=None if self.subset is None else _integer("subset", self.subset, 1),
+            device=_device(self.device or prof.device or ("cuda" if torch.cuda.is_available() else "cpu")),
             results_dir=str(Path(self.results_dir or default_results_dir()).expanduser().resolve()),
-            divergence_factor=float(self.divergence_factor),
-            exits=tuple((int(e), float(t)) for e, t in self.exits),
+            divergence_factor=_number("divergence_factor", self.divergence_factor),
+            exits=tuple((_integer("exits epoch", e, 0), _number("exits threshold", t)) for e, t in self.exits),
         )
-        if resolved.epochs < 1 or resolved.batch_size < 1:
-            raise ValueError(f"epochs and batch_size must be >= 1, got {resolved.epochs} and {resolved.batch_size}")
-        if not 0 <= resolved.warmup_epochs < resolved.epochs:
-            raise ValueError(f"need 0 <= warmup_epochs < epochs, got {resolved.warmup_epochs} and {resolved.epochs}")
-        if resolved.subset is not None and int(resolved.subset) < resolved.batch_size:
+        if not resolved.warmup_epochs < resolved.epochs:
+            raise ValueError(f"the warm-up (warmup_epochs={resolved.warmup_epochs}) must be shorter than the run "
+                             f"(epochs={resolved.epochs}): lower --warmup-epochs or raise --epochs")
+        if resolved.subset is not None and resolved.subset < resolved.batch_size:
             raise ValueError(f"subset ({resolved.subset}) must hold at least one batch ({resolved.batch_size})")
         if not resolved.divergence_factor > 1.0:
             raise ValueError(f"divergence_factor must be > 1, got {resolved.divergence_factor}")
         if resolved.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {resolved.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if resolved.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {resolved.activation!r}: choose one of {', '.join(ACTIVATIONS)}")
         if resolved.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device {resolved.device!r} requested but CUDA is not available: use --device cpu")
         return resolved
@@ -243,12 +256,12 @@ class RunConfig:
         return f"{cfg.dataset}_{cfg.optimizer}_seed{cfg.seed}_{digest}"
 
     def paths(self) -> dict[str, Path]:
-        """The result JSON, CSV and checkpoint paths of this configuration."""
+        """The result JSON and CSV, the checkpoint and the lock file of this configuration."""
         cfg = self.resolve()
         folder = Path(cfg.results_dir) / cfg.profile
         rid = self.run_id
         return {"json": folder / f"{rid}.json", "csv": folder / f"{rid}.csv",
-                "checkpoint": folder / "checkpoints" / f"{rid}.pt"}
+                "checkpoint": folder / "checkpoints" / f"{rid}.pt", "lock": folder / "checkpoints" / f"{rid}.lock"}
 
 
 @dataclass
@@ -310,6 +323,31 @@ def _config_json(cfg: RunConfig) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
+def _integer(name: str, value: Any, minimum: int) -> int:
+    """``value`` as an int >= ``minimum``; a fraction, a boolean or a string is refused, not truncated."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or \
+            not float(value).is_integer() or value < minimum:
+        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _number(name: str, value: Any) -> float:
+    """``value`` as a finite float (booleans and strings refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _device(name: str) -> str:
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {name!r}: use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {name!r}: use cpu, cuda or cuda:N")
+    return str(name)
+
+
 def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
@@ -353,6 +391,30 @@ def _build(cfg: RunConfig, device: torch.device):
     return model, opt
 
 
+def check(config: RunConfig) -> RunConfig:
+    """``config`` resolved, after building its optimizer on a small model of the same depth and taking one step.
+
+    An invalid hyper-parameter fails here with a ``ValueError``, before any data is loaded or any
+    run trains; the global random state is left as it was.
+    """
+    cfg = config.resolve()
+    hparams = dict(cfg.hparams)
+    lr = hparams.pop("lr")
+    with torch.random.fork_rng(devices=[]):
+        try:
+            model = deep_autoencoder(tuple(min(s, 4) for s in cfg.sizes), cfg.activation, seed=0)
+            opt = make_optimizer(cfg.optimizer, model, lr=lr, **hparams)
+            x = torch.rand(8, model[0].in_features, generator=torch.Generator().manual_seed(0))
+            loss = reconstruction_loss(model(x), x)
+            loss.backward()
+            opt.step((lambda: reconstruction_loss(model(x), x).detach()) if getattr(opt, "needs_loss_closure", False)
+                     else None)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(f"invalid hyper-parameters {json.dumps(cfg.hparams)} for {cfg.optimizer}: "
+                             f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    return cfg
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
@@ -391,11 +453,23 @@ def run(
     checkpoint is resumed.  ``callback(epoch, record)`` is called after each epoch's checkpoint is
     written (an exception it raises interrupts the run, which the next call resumes).
     """
-    cfg = config.resolve()
+    cfg = check(config)
     done = find_result(cfg)
     if done is not None:
         return done
     paths = cfg.paths()
+    with _run_lock(paths["lock"]):
+        done = find_result(cfg)  # finished by another process while this one waited for the lock
+        result = done if done is not None else _train(cfg, paths, progress, callback)
+    try:
+        paths["lock"].parent.rmdir()  # only if no other run has a checkpoint or a lock there
+    except OSError:
+        pass
+    return result
+
+
+def _train(cfg: RunConfig, paths: dict[str, Path], progress: bool, callback) -> RunResult:
+    """The training of :func:`run` (under the run's lock)."""
     device = torch.device(cfg.device)
 
     torch.manual_seed(cfg.seed)  # before building: an optimizer may draw its own seed (K-FAC's sampler)
@@ -486,11 +560,50 @@ def run(
     _write_result(result, paths)
     paths["checkpoint"].unlink(missing_ok=True)
     _digest_path(paths["checkpoint"]).unlink(missing_ok=True)
-    try:
-        paths["checkpoint"].parent.rmdir()  # only if no other run has a checkpoint there
-    except OSError:
-        pass
     return result
+
+
+@contextlib.contextmanager
+def _run_lock(path: Path):
+    """Hold ``path`` (created exclusively, holding ``host pid``) while a run trains.
+
+    A lock left by a process that no longer runs on this host is taken over; a live one raises
+    :class:`RunConflictError` naming the process, so two identical runs never train twice.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                host, pid = path.read_text().split()
+                alive = host != socket.gethostname() or _process_alive(int(pid))
+            except (OSError, ValueError):  # unreadable or half-written: another process is starting
+                host, pid, alive = "?", "?", True
+            if alive:
+                raise RunConflictError(
+                    f"{path.stem} is being trained by process {pid} on {host} (lock file {path}); wait for "
+                    f"it to finish, or delete the lock file if that process is gone") from None
+            path.unlink(missing_ok=True)  # stale: its process has ended
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(me + "\n")
+        break
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _save_checkpoint(path, cfg, model, opt, scheduler, shuffle, device, epoch, records, provenance) -> None:
@@ -589,7 +702,7 @@ def sweep(configs: Iterable[RunConfig], processes: int = 1, progress: bool = Tru
     ``cpu_count // processes`` torch threads.  Diverged runs are results like any other; any other
     exception stops the sweep (finished runs stay on disk, so running it again continues).
     """
-    configs = [c.resolve() for c in configs]  # every config is checked before anything runs
+    configs = [check(c) for c in configs]  # every config is checked before anything runs
     ids = [c.run_id for c in configs]
     unique = {rid: cfg for rid, cfg in zip(ids, configs)}
     results: dict[str, RunResult] = {}

@@ -12,6 +12,17 @@ layer (the last layer's comes from ``output_activation`` when the model emits pr
 e.g. logits whose sigmoid lives in the loss).  The capture uses a forward hook that puts a tensor
 hook on the layer's output, so it works with the user's own ``loss.backward()`` and with in-place
 activations.  Forward passes without gradient (evaluation under ``torch.no_grad()``) are ignored.
+
+**One pass per step.**  The optimizers that read the capture (LocoProp, K-FAC) pair each layer's
+:math:`X_{k-1}, A_k` with its :math:`G_k`, so they need exactly one forward pass with gradients
+and one backward pass through it per step.  Every training forward pass gets a serial number and
+every recorded gradient the number of the pass it belongs to; :meth:`LayerCapture.require_backward`
+refuses a step unless, since the last step (and the last ``optimizer.zero_grad()``, which discards
+the gradients recorded so far), exactly one gradient arrived and it belongs to the last forward
+pass.  Gradient accumulation (several forward/backward passes, or one backward through the sum of
+several forward passes) therefore raises instead of pairing one batch's inputs with another's
+gradients.  Forward passes that are never backpropagated (e.g. a loss computed for logging) are
+harmless.
 """
 from __future__ import annotations
 
@@ -35,6 +46,8 @@ class CapturedLayer:
     inputs: Tensor | None = field(default=None, repr=False)
     preact: Tensor | None = field(default=None, repr=False)
     grad: Tensor | None = field(default=None, repr=False)
+    forward_pass: int | None = field(default=None, repr=False)  # serial number of the recorded pass
+    grad_passes: list[int] = field(default_factory=list, repr=False)  # passes whose gradient arrived
 
     @property
     def params(self) -> list[nn.Parameter]:
@@ -99,38 +112,76 @@ class LayerCapture:
             CapturedLayer(k, module, transfer)
             for k, (module, transfer) in enumerate(linear_layers(model, output_activation))
         ]
+        self._passes = 0  # training forward passes seen (serial numbers)
         self._handles = [layer.module.register_forward_hook(self._hook(layer)) for layer in self.layers]
 
-    @staticmethod
-    def _hook(layer: CapturedLayer):
-        def record_grad(grad: Tensor) -> None:
-            layer.grad = grad.reshape(-1, grad.shape[-1])
-
+    def _hook(self, layer: CapturedLayer):
         def forward_hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
             if not (torch.is_grad_enabled() and output.requires_grad):
                 return
+            self._passes += 1
+            number = self._passes
             x = inputs[0]
             layer.inputs = x.detach().reshape(-1, x.shape[-1])
             layer.preact = output.detach().reshape(-1, output.shape[-1])
             layer.grad = None
+            layer.forward_pass = number
+
+            def record_grad(grad: Tensor) -> None:
+                layer.grad_passes.append(number)
+                if number == layer.forward_pass:
+                    layer.grad = grad.reshape(-1, grad.shape[-1])
+
             output.register_hook(record_grad)
 
         return forward_hook
 
-    def require_backward(self) -> None:
-        """Raise a clear error unless a training forward and backward pass were recorded."""
-        missing = [layer.index for layer in self.layers if layer.grad is None]
+    def require_backward(self, owner: str = "this optimizer") -> None:
+        """Raise a clear ``RuntimeError`` unless exactly one forward and one backward pass through it were recorded.
+
+        Counted since the last :meth:`clear` (the end of a step) and, for gradients, the last
+        :meth:`forget_gradients` (``optimizer.zero_grad()``).
+        """
+        missing = []
+        for layer in self.layers:
+            passes = layer.grad_passes
+            if len(passes) > 1:
+                raise RuntimeError(
+                    f"{owner} needs exactly one forward and one backward pass per step, but linear layer "
+                    f"{layer.index} received {len(passes)} gradients since the last step() or zero_grad() "
+                    "(gradient accumulation is not supported: concatenate the micro-batches into one batch)"
+                )
+            if passes and layer.forward_pass is None:
+                raise RuntimeError(
+                    f"{owner}: linear layer {layer.index} received a gradient but no forward pass was recorded "
+                    "since the last step(): run a new forward pass with gradients enabled before loss.backward()"
+                )
+            if passes and passes[0] != layer.forward_pass:
+                raise RuntimeError(
+                    f"{owner}: the gradient of linear layer {layer.index} belongs to an earlier forward pass than "
+                    "the last one recorded: step() needs the backward pass of the last forward pass with "
+                    "gradients (run other forward passes under torch.no_grad())"
+                )
+            if layer.grad is None:
+                missing.append(layer.index)
         if missing:
             raise RuntimeError(
-                "no gradient was recorded for linear layer(s) "
-                f"{missing}: call optimizer.step() after a forward pass with gradients enabled and "
-                "loss.backward()"
+                f"{owner}: no gradient was recorded for linear layer(s) {missing} since the last step() or "
+                "zero_grad(): call optimizer.step() after a forward pass with gradients enabled and loss.backward()"
             )
 
+    def forget_gradients(self) -> None:
+        """Forget the recorded gradients, keep the recorded forward pass (``optimizer.zero_grad()`` calls it)."""
+        for layer in self.layers:
+            layer.grad = None
+            layer.grad_passes = []
+
     def clear(self) -> None:
-        """Forget the recorded tensors (frees their memory)."""
+        """Forget the recorded tensors and passes (frees their memory; the end of every step)."""
         for layer in self.layers:
             layer.inputs = layer.preact = layer.grad = None
+            layer.forward_pass = None
+            layer.grad_passes = []
 
     def remove(self) -> None:
         """Remove the hooks from the model."""

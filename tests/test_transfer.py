@@ -66,7 +66,11 @@ def test_identity_matching_loss_is_half_squared_distance(pair):
 @pytest.mark.parametrize("name", sorted(TRANSFERS))
 def test_matching_loss_nonnegative_and_zero_on_the_diagonal(name, pair):
     a_hat, a = pair
-    assert (matching_loss(name, a_hat, a) >= -1e-12).all()
+    # D_F = F(a_hat) - F(a) - f(a)(a_hat - a) is computed with a cancellation: its rounding error is a few
+    # units of float64 roundoff times the size of the terms (8 eps covers the row sums of 7 terms)
+    t = get_transfer(name)
+    size = t.integral(a_hat).abs() + t.integral(a).abs() + (t.f(a) * (a_hat - a)).abs().sum(-1)
+    assert (matching_loss(name, a_hat, a) >= -8 * torch.finfo(torch.float64).eps * size).all()
     torch.testing.assert_close(matching_loss(name, a, a), torch.zeros(len(a), dtype=a.dtype), atol=1e-12, rtol=0)
 
 

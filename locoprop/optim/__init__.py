@@ -12,7 +12,23 @@ An optimizer whose ``needs_loss_closure`` is true (K-FAC with adaptive damping) 
 ``closure()`` that returns the batch loss at the current parameters, evaluated under
 ``torch.no_grad()`` without a backward pass.  LocoProp and K-FAC read the layer inputs,
 pre-activations and their gradients from the forward and backward pass just made
-(:mod:`locoprop.capture`), so the loop needs nothing else.
+(:mod:`locoprop.capture`), so the loop needs nothing else: exactly one forward pass with
+gradients and one ``loss.backward()`` per ``step()``.  They refuse gradient accumulation (several
+backward passes, or one through several forward passes, between two steps) with a
+``RuntimeError``; ``zero_grad()`` discards the gradients recorded so far.
+
+Hyper-parameters are checked when an optimizer is built: a one-line ``ValueError`` names the
+parameter, the value and what is expected (finite numbers, not strings or booleans; integers
+where a count is meant).  See :mod:`locoprop.optim.validation`.
+
+Checkpoints.  ``state_dict()`` of LocoProp, K-FAC, Shampoo and TF-RMSProp carries a
+``"signature"`` (optimizer, variant, inner optimizer, parameter shapes) that their
+``load_state_dict`` checks, so the state of another optimizer or of a model of other widths is
+refused with a ``ValueError``; state_dicts saved without one are still loaded.  ``torch.optim``'s
+own optimizers (``sgd``, ``momentum``, ``nesterov``, ``adagrad``, ``adam``) check nothing but the
+parameter counts: they accept another optimizer's state and fail later, or not at all (SGD with
+momentum takes Shampoo's ``momentum_buffer``).  Check
+``locoprop.optim.validation.state_dict_owner(state)`` before loading a checkpoint into them.
 """
 from .factory import DEFAULT_LR, FIRST_ORDER, OPTIMIZERS, default_lr, make_optimizer
 from .locoprop import LocoProp

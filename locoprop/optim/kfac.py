@@ -64,7 +64,8 @@ import torch
 from torch import Tensor, nn
 
 from ..capture import CapturedLayer, LayerCapture
-from .linalg import by_shape, check_hparam, damped_cholesky_inverse, eigh_with_retry
+from .linalg import by_shape, damped_cholesky_inverse, eigh_with_retry
+from .validation import SIGNATURE_KEY, check_hparam, check_state_dict, guess_owner, is_integer, is_number, signature
 
 __all__ = ["KFAC", "DEFAULT_LR", "DEFAULT_DAMPING", "ADAPTIVE_INITIAL_DAMPING"]
 
@@ -78,7 +79,8 @@ class KFAC(torch.optim.Optimizer):
     r"""K-FAC for an ``nn.Sequential`` MLP of ``nn.Linear`` layers (see the module docstring).
 
     Call ``step()`` after the ordinary ``loss.backward()``; the optimizer records each layer's
-    inputs and pre-activation gradients itself (:class:`~locoprop.capture.LayerCapture`).
+    inputs and pre-activation gradients itself (:class:`~locoprop.capture.LayerCapture`), so it needs
+    exactly one forward pass with gradients and one backward pass per step (accumulation raises).
 
     Args:
         model: the MLP; all its trainable parameters must belong to its linear layers.
@@ -135,6 +137,7 @@ class KFAC(torch.optim.Optimizer):
             max_damping=max_damping, kl_clip=kl_clip, retry_float64=retry_float64,
         )
         self._validate(defaults)
+        check_hparam("KFAC", "seed", seed, lambda v: v is None or is_integer(v), "an integer or None")
         capture = LayerCapture(model, output_activation)
         if fisher == "mc" and capture.layers[-1].transfer.name not in _SAMPLED_OUTPUTS:
             capture.remove()
@@ -155,7 +158,7 @@ class KFAC(torch.optim.Optimizer):
         if seed is None:
             seed = int(torch.randint(0, 2**62, ()).item())
         self._generator = torch.Generator(device=device)
-        self._generator.manual_seed(seed)
+        self._generator.manual_seed(int(seed))
         self.state["kfac"] = {
             "step": 0,
             "factor_weight": 0.0,
@@ -167,26 +170,26 @@ class KFAC(torch.optim.Optimizer):
         def check(name, test, allowed):
             check_hparam("KFAC", name, g[name], test, allowed)
 
-        def is_int(v):
-            return isinstance(v, int) and not isinstance(v, bool)
+        def number(test):
+            return lambda v: is_number(v) and test(v)
 
-        check("lr", lambda v: float(v) > 0, "lr > 0")
-        check("damping", lambda v: float(v) >= 0, "damping >= 0")
-        check("factor_decay", lambda v: 0 <= v < 1, "0 <= factor_decay < 1")
-        check("factor_update_freq", lambda v: is_int(v) and v >= 1, "an integer >= 1")
-        check("inverse_update_freq", lambda v: is_int(v) and v >= 1, "an integer >= 1")
-        check("momentum", lambda v: 0 <= v < 1, "0 <= momentum < 1")
+        check("lr", number(lambda v: v > 0), "a finite number > 0")
+        check("damping", number(lambda v: v >= 0), "a finite number >= 0")
+        check("factor_decay", number(lambda v: 0 <= v < 1), "a number in [0, 1)")
+        check("factor_update_freq", lambda v: is_integer(v) and v >= 1, "an integer >= 1")
+        check("inverse_update_freq", lambda v: is_integer(v) and v >= 1, "an integer >= 1")
+        check("momentum", number(lambda v: 0 <= v < 1), "a number in [0, 1)")
         check("nesterov", lambda v: isinstance(v, bool) and (not v or g["momentum"] > 0),
               "True or False; True needs momentum > 0")
-        check("weight_decay", lambda v: v >= 0, "weight_decay >= 0")
+        check("weight_decay", number(lambda v: v >= 0), "a finite number >= 0")
         check("fisher", lambda v: v in ("mc", "empirical"), "'mc' or 'empirical'")
         check("damping_mode", lambda v: v in ("pi", "exact"), "'pi' or 'exact'")
         check("adaptive_damping", lambda v: isinstance(v, bool), "True or False")
-        check("damping_adaptation_decay", lambda v: 0 < v < 1, "0 < damping_adaptation_decay < 1")
-        check("damping_adaptation_interval", lambda v: is_int(v) and v >= 1, "an integer >= 1")
-        check("min_damping", lambda v: v >= 0, "min_damping >= 0")
-        check("max_damping", lambda v: v >= g["min_damping"], "max_damping >= min_damping")
-        check("kl_clip", lambda v: v is None or v > 0, "None or kl_clip > 0")
+        check("damping_adaptation_decay", number(lambda v: 0 < v < 1), "a number in (0, 1)")
+        check("damping_adaptation_interval", lambda v: is_integer(v) and v >= 1, "an integer >= 1")
+        check("min_damping", number(lambda v: v >= 0), "a finite number >= 0")
+        check("max_damping", number(lambda v: v >= g["min_damping"]), "a finite number >= min_damping")
+        check("kl_clip", lambda v: v is None or (is_number(v) and v > 0), "None or a finite number > 0")
         check("retry_float64", lambda v: isinstance(v, bool), "True or False")
 
     # -- public helpers ---------------------------------------------------------------------------
@@ -205,12 +208,25 @@ class KFAC(torch.optim.Optimizer):
         return [(self.state[l.module.weight]["A"] / w, self.state[l.module.weight]["G"] / w)
                 for l in self.capture.layers]
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """``torch.optim.Optimizer.zero_grad``; also forgets the layer gradients recorded so far (not the forward pass)."""
+        super().zero_grad(set_to_none)
+        self.capture.forget_gradients()
+
+    def _signature(self) -> dict:
+        return signature("KFAC", (p for group in self.param_groups for p in group["params"]))
+
     def state_dict(self) -> dict:
-        """torch.optim state dict, including factors, inverses, step counters and the sampler's RNG state."""
+        """torch.optim state dict, including factors, inverses, step counters, the sampler's RNG state
+        and the signature (parameter shapes) that :meth:`load_state_dict` checks."""
         self.state["kfac"]["rng_state"] = self._generator.get_state()
-        return super().state_dict()
+        state = super().state_dict()
+        state[SIGNATURE_KEY] = self._signature()
+        return state
 
     def load_state_dict(self, state_dict: dict) -> None:
+        """Load the state of a :class:`KFAC` optimizer of the same model (``ValueError`` otherwise)."""
+        check_state_dict("KFAC", state_dict, self._signature(), _legacy_problem)
         super().load_state_dict(state_dict)
         gs = dict(self.state["kfac"])
         device = self.param_groups[0]["params"][0].device
@@ -230,7 +246,7 @@ class KFAC(torch.optim.Optimizer):
         group = self.param_groups[0]
         if group["adaptive_damping"] and closure is None:
             raise RuntimeError("KFAC with adaptive_damping=True needs step(closure), closure() -> batch loss")
-        self.capture.require_backward()
+        self.capture.require_backward("KFAC")
         gs = self.state["kfac"]
         gs["step"] += 1
         t = gs["step"]
@@ -395,6 +411,13 @@ class KFAC(torch.optim.Optimizer):
         new_lam = torch.where((rho < 0.25) | ~torch.isfinite(rho), lam / omega, new_lam)
         lam.copy_(new_lam.clamp(group["min_damping"], group["max_damping"]))
         gs["rho"] = rho.detach()
+
+
+def _legacy_problem(state_dict: dict) -> str | None:
+    """What shows that a state_dict without signature was not saved by :class:`KFAC`, if anything."""
+    if "kfac" not in state_dict["state"]:
+        return f"this state_dict has no 'kfac' entry, so it is not K-FAC's (its structure suggests {guess_owner(state_dict)})"
+    return None
 
 
 def _param_matrix(layer: CapturedLayer) -> Tensor:

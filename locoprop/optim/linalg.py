@@ -2,7 +2,8 @@
 
 Every routine works on a stack of matrices (batch, n, n), never raises on a numerical failure and
 never returns non-finite values: a float32 failure is retried in float64, and what still fails
-keeps the caller's previous result.  Also the hyper-parameter check both optimizers use.
+keeps the caller's previous result.  (``check_hparam``, re-exported here, lives in
+:mod:`locoprop.optim.validation`.)
 """
 from __future__ import annotations
 
@@ -13,18 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .validation import check_hparam  # noqa: F401  (re-exported: the optimizers' hyper-parameter check)
+
 __all__ = ["check_hparam", "by_shape", "eigh_with_retry", "inverse_root", "damped_cholesky_inverse"]
-
-
-
-def check_hparam(owner: str, name: str, value: Any, test: Callable[[Any], bool], allowed: str) -> None:
-    """Raise ``ValueError`` naming ``name``, its ``value`` and the ``allowed`` range unless ``test(value)``."""
-    try:
-        ok = bool(test(value))
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(f"{owner}: invalid {name}={value!r}; allowed: {allowed}")
 
 
 def by_shape(mats: Sequence[Tensor], key: Callable[[int], Any] = lambda i: None) -> list[list[int]]:

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from ..capture import CapturedLayer, LayerCapture
 from ..transfer import Transfer
 from .tf_rmsprop import TFRMSProp
+from .validation import SIGNATURE_KEY, check_hparam, check_state_dict, guess_owner, is_integer, is_number, signature
 
 __all__ = [
     "LocoProp",
@@ -35,6 +36,7 @@ __all__ = [
     "closed_form_s",
     "local_iterates",
     "implicit_m",
+    "replay_local_iterations",
 ]
 
 VARIANTS = ("M", "S")
@@ -87,7 +89,10 @@ def local_iterates(
     r"""Displacements :math:`\bar W^{(j)} - \bar W^t`, :math:`j = 1..\text{steps}`, of plain local gradient descent.
 
     For LocoProp-S with constant step :math:`\nu` and :math:`C = \bar X^\top\bar X + \eta^{-1}I` this is the
-    truncated Neumann series :math:`-\nu\gamma\sum_{i<j}(I-\nu C)^i\,\nabla\mathcal L`.
+    truncated Neumann series :math:`-\nu\gamma\,\nabla\mathcal L\sum_{i<j}(I-\nu C)^i`, with the gradient
+    :math:`\nabla\mathcal L = G^\top\bar X` in this layout (d_out × (d_in + 1)), so :math:`C` acts on it
+    from the right.  Gradient descent starts from rest at :math:`\bar W^t` with a constant step; for the
+    inner optimizer that :class:`LocoProp` actually runs see :func:`replay_local_iterations`.
     """
     x = _augment(inputs)
     target = local_target(variant, transfer, preact, grad, gamma)
@@ -103,6 +108,47 @@ def local_iterates(
     return out
 
 
+def _jacobian_product(transfer: Transfer, a_hat: Tensor, u: Tensor) -> Tensor:
+    r"""Each row's Jacobian of :math:`f` at :math:`\hat a_b` times :math:`u_b`: :math:`f'(\hat a)\odot u`, or for softmax
+    :math:`s\odot u - s\,(s^\top u)` with :math:`s = \mathrm{softmax}\,\hat a`."""
+    if transfer.elementwise:
+        return transfer.derivative(a_hat) * u
+    if transfer.name != "softmax":
+        raise ValueError(f"implicit_m: no Jacobian for the transfer function {transfer.name!r}")
+    s = transfer.f(a_hat)
+    return s * (u - (s * u).sum(dim=-1, keepdim=True))
+
+
+def _jacobian_diagonal(transfer: Transfer, a_hat: Tensor) -> Tensor:
+    """The diagonal of each row's Jacobian of :math:`f`: :math:`f'(\\hat a)`, or :math:`s(1 - s)` for softmax."""
+    if transfer.elementwise:
+        return transfer.derivative(a_hat)
+    s = transfer.f(a_hat)
+    return s * (1.0 - s)
+
+
+def _conjugate_gradient(operator, rhs: Tensor, diagonal: Tensor, rtol: float, max_iter: int) -> Tensor:
+    r"""Jacobi-preconditioned conjugate gradients for :math:`M d = \text{rhs}` (:math:`M` symmetric positive
+    definite, given as ``operator``; ``diagonal`` > 0 its diagonal), stopped at :math:`\|r\| \le \text{rtol}\,\|\text{rhs}\|`."""
+    d = torch.zeros_like(rhs)
+    r = rhs.clone()
+    z = r / diagonal
+    p = z.clone()
+    rz = (r * z).sum()
+    stop = rtol * rhs.norm()
+    for _ in range(max_iter):
+        if r.norm() <= stop:
+            break
+        q = operator(p)
+        alpha = rz / (p * q).sum()
+        d.add_(alpha * p)
+        r.sub_(alpha * q)
+        z = r / diagonal
+        rz, rz_old = (r * z).sum(), rz
+        p = z + (rz / rz_old) * p
+    return d
+
+
 def implicit_m(
     transfer: Transfer,
     inputs: Tensor,
@@ -110,40 +156,84 @@ def implicit_m(
     grad: Tensor,
     gamma: float,
     eta: float,
-    max_iter: int = 500,
+    max_iter: int = 100,
 ) -> Tensor:
     r"""Exact LocoProp-M displacement: the minimiser of the proximal local problem, i.e. the fixed point
 
     :math:`\Delta\bar W = -\eta\,\big(f(A + \bar X\Delta\bar W^\top) - f(A) + \gamma G\big)^\top\bar X`
 
-    (an implicit update: the transfer function is evaluated at the new weights).  Solved by L-BFGS
-    on the strictly convex objective :math:`\sum_b F(\hat a_b) - y^\dagger_b\cdot\hat a_b + \tfrac1{2\eta}\|\Delta\bar W\|^2`.
+    (an implicit update: the transfer function is evaluated at the new weights), to machine precision.
+
+    It is the zero of :math:`R(\Delta\bar W) = \Delta\bar W + \eta\,(f(\hat A) - Y^\dagger)^\top\bar X`,
+    :math:`\hat A = A + \bar X\Delta\bar W^\top`, which is :math:`\eta` times the gradient of the strictly
+    convex :math:`\sum_b F(\hat a_b) - y^\dagger_b\cdot\hat a_b + \tfrac1{2\eta}\|\Delta\bar W\|^2`.  Newton's
+    method in float64 with the exact Jacobian :math:`I + \eta\sum_b J_b\otimes\bar x_b\bar x_b^\top`
+    (:math:`J_b` the Jacobian of :math:`f` at :math:`\hat a_b`, diagonal for elementwise :math:`f`): each Newton
+    system is solved matrix-free by Jacobi-preconditioned conjugate gradients (the Jacobian is symmetric
+    positive definite, eigenvalues :math:`\ge 1`), and each step is halved until :math:`\|R\|_F` decreases
+    (the Newton direction is a descent direction of :math:`\|R\|_F^2`).  It stops when
+    :math:`\max|R| \le 4(B + d_{in} + 1)\,\epsilon\,\max S`, with :math:`\epsilon` the float64 machine epsilon and
+    :math:`S = |\Delta\bar W| + \eta\,(|f(\hat A)| + |Y^\dagger| + |A| + |\bar X||\Delta\bar W|^\top)^\top|\bar X|`
+    the size of the terms of :math:`R` and of the rounding errors of :math:`\hat A` (:math:`|f'| \le 1` for
+    every transfer function here), i.e. when :math:`R` is at the level of its own rounding errors.
+    Raises ``RuntimeError`` if that is not reached within ``max_iter`` Newton steps.
     """
     x = _augment(inputs).double()
     a, g = preact.double(), grad.double()
     target = local_target("M", transfer, a, g, gamma)
-    displacement = torch.zeros(g.shape[1], x.shape[1], dtype=torch.float64, device=x.device, requires_grad=True)
-    solver = torch.optim.LBFGS(
-        [displacement], lr=1.0, max_iter=max_iter, tolerance_grad=1e-12, tolerance_change=1e-15,
-        history_size=50, line_search_fn="strong_wolfe",
+    batch, n = x.shape
+    tol = 4 * (batch + n) * torch.finfo(torch.float64).eps
+    x_abs, x_sq = x.abs(), x.square()
+
+    def residual(w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        a_hat = a + x @ w.T
+        f_hat = transfer.f(a_hat)
+        r = w + eta * (f_hat - target).T @ x
+        scale = w.abs() + eta * (f_hat.abs() + target.abs() + a.abs() + x_abs @ w.abs().T).T @ x_abs
+        return a_hat, r, scale.max()
+
+    w = torch.zeros(g.shape[1], n, dtype=torch.float64, device=x.device)
+    a_hat, r, scale = residual(w)
+    first = float(r.norm())
+    for step in range(max_iter + 1):
+        relative = float(r.abs().max() / scale) if scale > 0 else 0.0
+        if relative <= tol:
+            return w.to(preact.dtype)
+        if step == max_iter:
+            break
+        norm = float(r.norm())
+
+        def jacobian(v: Tensor, a_hat=a_hat) -> Tensor:
+            return v + eta * _jacobian_product(transfer, a_hat, x @ v.T).T @ x
+
+        diagonal = 1.0 + eta * _jacobian_diagonal(transfer, a_hat).T @ x_sq
+        # inexact Newton: forcing term min(0.1, |R|/|R_0|) (superlinear), at least 1e-12
+        direction = _conjugate_gradient(jacobian, r, diagonal, max(min(0.1, norm / first), 1e-12), 10 * n * g.shape[1])
+        t = 1.0
+        while True:
+            candidate = w - t * direction
+            a_new, r_new, scale_new = residual(candidate)
+            if float(r_new.norm()) <= (1.0 - 1e-4 * t) * norm:
+                break
+            t *= 0.5
+            if t < 2.0 ** -40:
+                raise RuntimeError(
+                    f"implicit_m did not converge: Newton's method stalled after {step} steps at relative "
+                    f"residual {relative:.1e} (tolerance {tol:.1e})"
+                )
+        w, a_hat, r, scale = candidate, a_new, r_new, scale_new
+    raise RuntimeError(
+        f"implicit_m did not converge: relative residual {relative:.1e} after max_iter={max_iter} Newton steps "
+        f"(tolerance {tol:.1e}); raise max_iter"
     )
-
-    def objective():
-        solver.zero_grad()
-        a_hat = a + x @ displacement.T
-        loss = transfer.local_loss(a_hat, target).sum() + displacement.square().sum() / (2 * eta)
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        solver.step(objective)
-    return displacement.detach().to(preact.dtype)
 
 
 class LocoProp(torch.optim.Optimizer):
     r"""LocoProp-M (``variant="M"``, default) or LocoProp-S for an ``nn.Sequential`` MLP.
 
-    Use it like any optimizer: ``zero_grad()``, forward, ``loss.backward()``, ``step()``.
+    Use it like any optimizer: ``zero_grad()``, forward, ``loss.backward()``, ``step()``: exactly one
+    forward pass with gradients and one backward pass per step (gradient accumulation raises, see
+    :mod:`locoprop.capture`).
 
     Args:
         model: ``nn.Sequential`` of ``nn.Linear`` layers and activation modules.
@@ -178,31 +268,33 @@ class LocoProp(torch.optim.Optimizer):
         lr_floor: float = 0.25,
         output_activation: str | None = None,
     ):
-        if variant not in VARIANTS:
-            raise ValueError(f"unknown variant {variant!r}: use 'M' (matching losses) or 'S' (squared loss)")
-        if not lr >= 0.0:
-            raise ValueError(f"invalid lr={lr}: the inner learning rate must be >= 0")
-        if not gamma > 0.0:
-            raise ValueError(f"invalid gamma={gamma}: the activation learning rate must be > 0")
-        if isinstance(local_iters, bool) or not isinstance(local_iters, int) or local_iters < 1:
-            raise ValueError(f"invalid local_iters={local_iters!r}: T must be an integer >= 1")
-        if eta is not None and not eta > 0.0:
-            raise ValueError(f"invalid eta={eta}: the proximal weight must be > 0, or None to leave it out")
-        if not 0.0 <= lr_floor <= 1.0:
-            raise ValueError(f"invalid lr_floor={lr_floor}: it must lie in [0, 1]")
+        def check(name, value, test, allowed):
+            check_hparam("LocoProp", name, value, test, allowed)
+
+        check("variant", variant, lambda v: v in VARIANTS, "'M' (matching losses) or 'S' (squared loss)")
+        check("lr", lr, lambda v: is_number(v) and v >= 0, "a finite number >= 0 (the inner learning rate)")
+        check("gamma", gamma, lambda v: is_number(v) and v > 0, "a finite number > 0 (the activation learning rate)")
+        check("local_iters", local_iters, lambda v: is_integer(v) and v >= 1, "an integer >= 1 (the number T of local iterations)")
+        check("eta", eta, lambda v: v is None or (is_number(v) and v > 0),
+              "a finite number > 0 (the proximal weight), or None to leave the proximal term out")
+        check("lr_floor", lr_floor, lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]")
+        check("inner_kwargs", inner_kwargs, lambda v: v is None or isinstance(v, dict), "a dict of keyword arguments or None")
         if isinstance(inner, str):
-            if inner not in INNER_OPTIMIZERS:
-                raise ValueError(f"unknown inner optimizer {inner!r}: use one of {sorted(INNER_OPTIMIZERS)} "
-                                 "or a torch.optim.Optimizer class")
+            check("inner", inner, lambda v: v in INNER_OPTIMIZERS,
+                  f"one of {sorted(INNER_OPTIMIZERS)} or a torch.optim.Optimizer class")
             inner = INNER_OPTIMIZERS[inner]
-        if not (isinstance(inner, type) and issubclass(inner, torch.optim.Optimizer)):
-            raise ValueError(f"invalid inner={inner!r}: use one of {sorted(INNER_OPTIMIZERS)} or a torch.optim.Optimizer class")
+        check("inner", inner, lambda v: isinstance(v, type) and issubclass(v, torch.optim.Optimizer),
+              f"one of {sorted(INNER_OPTIMIZERS)} or a torch.optim.Optimizer class")
         self.variant = variant
         self.capture = LayerCapture(model, output_activation)
         groups = [{"params": layer.params} for layer in self.capture.layers]
         super().__init__(groups, dict(lr=lr, gamma=gamma, local_iters=local_iters, eta=eta, lr_floor=lr_floor))
         # one inner optimizer, one parameter group per layer; its state persists across steps
-        self.inner = inner([{"params": layer.params} for layer in self.capture.layers], lr=lr, **(inner_kwargs or {}))
+        try:
+            self.inner = inner([{"params": layer.params} for layer in self.capture.layers], lr=lr, **(inner_kwargs or {}))
+        except Exception:
+            self.capture.remove()  # leave no hooks on the model of an optimizer that was not built
+            raise
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -211,7 +303,7 @@ class LocoProp(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self.capture.require_backward()
+        self.capture.require_backward("LocoProp")
         # Parallel semantics: every target comes from the recorded pass, before any layer moves.
         layers, groups = self.capture.layers, self.param_groups
         targets = [
@@ -252,16 +344,99 @@ class LocoProp(torch.optim.Optimizer):
             for p, p0 in zip(layer.params, start):
                 p.grad.add_(p - p0, alpha=1.0 / eta)
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """``torch.optim.Optimizer.zero_grad``; also forgets the layer gradients recorded so far (not the forward pass)."""
+        super().zero_grad(set_to_none)
+        self.capture.forget_gradients()
+
+    def _signature(self) -> dict[str, Any]:
+        return signature(f"LocoProp-{self.variant}", self._params(), inner=type(self.inner).__name__)
+
     def state_dict(self) -> dict[str, Any]:
-        """The outer state plus the inner optimizer's state (one parameter group per layer)."""
+        """The outer state, the inner optimizer's state (one parameter group per layer) and the
+        signature (variant, inner optimizer, parameter shapes) that :meth:`load_state_dict` checks."""
         state = super().state_dict()
         state["inner"] = self.inner.state_dict()
+        state[SIGNATURE_KEY] = self._signature()
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a :class:`LocoProp` state of the same variant, inner optimizer and model (``ValueError`` otherwise)."""
+        check_state_dict("LocoProp", state_dict, self._signature(), _legacy_problem)
         state_dict = dict(state_dict)
         inner_state = state_dict.pop("inner", None)
         if inner_state is None:
             raise ValueError("this state_dict has no inner-optimizer state: was it saved by a LocoProp optimizer?")
         super().load_state_dict(state_dict)
         self.inner.load_state_dict(inner_state)
+
+
+def _legacy_problem(state_dict: dict) -> str | None:
+    """What shows that a state_dict without signature was not saved by :class:`LocoProp`, if anything."""
+    if "inner" not in state_dict:
+        return f"this state_dict has no inner-optimizer state, so it is not LocoProp's (its structure suggests {guess_owner(state_dict)})"
+    return None
+
+
+@torch.no_grad()
+def replay_local_iterations(
+    opt: LocoProp,
+    layer: int,
+    fresh_state: bool = False,
+    inner: str | type[torch.optim.Optimizer] | None = None,
+    inner_kwargs: dict[str, Any] | None = None,
+) -> list[Tensor]:
+    r"""Displacements of layer ``layer``'s :math:`\bar W = [W, b]` after each of the :math:`T` local
+    iterations that ``opt.step()`` would take now (a list of T tensors of shape d_out × (d_in + 1)).
+
+    The local loop of :meth:`LocoProp.step` is run for that one layer on *copies* of its weights and of
+    its inner-optimizer state: the same targets (from the recorded forward/backward pass, which must
+    exist, as for ``step``), batch-sum local gradients, proximal term and within-step step sizes
+    :math:`\nu\max(1 - j/T, \text{lr\_floor})`, and an optimizer of the same class with the same
+    hyper-parameters.  Neither the model nor ``opt`` changes, so a following ``opt.step()`` moves the
+    layer by the last displacement returned.
+
+    Args:
+        opt: a :class:`LocoProp` optimizer after ``loss.backward()``.
+        layer: index of the linear layer (as in ``opt.capture.layers``).
+        fresh_state: start the inner optimizer from rest (e.g. TF1 RMSProp's :math:`s = 1`,
+            :math:`m = 0`) instead of the state that ``opt`` carries over from earlier outer steps.
+        inner, inner_kwargs: run another inner optimizer instead (a name of ``LocoProp``'s ``inner``
+            argument or an optimizer class, from rest), e.g. ``inner="sgd"`` for gradient descent
+            with the same step sizes.
+    """
+    opt.capture.require_backward()
+    captured = opt.capture.layers[layer]
+    group = opt.param_groups[layer]
+    params = [p.detach().clone() for p in captured.params]
+    start = [p.clone() for p in params]
+    if inner is None:
+        hyper = {k: v for k, v in opt.inner.param_groups[layer].items() if k != "params"}
+        local = type(opt.inner)([{"params": params, **hyper}], lr=group["lr"])
+        if not fresh_state:
+            for p, q in zip(params, captured.params):
+                local.state[p] = {k: v.clone() if torch.is_tensor(v) else v for k, v in opt.inner.state[q].items()}
+    else:
+        if isinstance(inner, str):
+            if inner not in INNER_OPTIMIZERS:
+                raise ValueError(f"unknown inner optimizer {inner!r}: use one of {sorted(INNER_OPTIMIZERS)} "
+                                 "or a torch.optim.Optimizer class")
+            inner = INNER_OPTIMIZERS[inner]
+        local = inner(params, lr=group["lr"], **(inner_kwargs or {}))
+    target = local_target(opt.variant, captured.transfer, captured.preact, captured.grad, group["gamma"])
+    x, T, eta = captured.inputs, group["local_iters"], group["eta"]
+    out = []
+    for j in range(T):
+        weight, bias = params[0], (params[1] if len(params) > 1 else None)
+        delta = local_residual(opt.variant, captured.transfer, nn.functional.linear(x, weight, bias), target)
+        weight.grad = delta.T @ x
+        if bias is not None:
+            bias.grad = delta.sum(dim=0)
+        if eta is not None:
+            for p, p0 in zip(params, start):
+                p.grad.add_(p - p0, alpha=1.0 / eta)
+        local.param_groups[0]["lr"] = group["lr"] * max(1.0 - j / T, group["lr_floor"])
+        local.step()
+        moved = [p - p0 for p, p0 in zip(params, start)]
+        out.append(torch.cat([moved[0], moved[1][:, None]], dim=1) if len(moved) > 1 else moved[0].clone())
+    return out

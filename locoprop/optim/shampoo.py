@@ -45,12 +45,22 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor
 
-from .linalg import by_shape, check_hparam, inverse_root
+from .linalg import by_shape, inverse_root
+from .validation import SIGNATURE_KEY, check_hparam, check_state_dict, guess_owner, is_integer, is_number, signature
 
 __all__ = ["Shampoo", "DEFAULT_LR"]
 
 DEFAULT_LR = 3e-3
 GRAFTING_TYPES = ("none", "sgd", "adagrad", "rmsprop", "adam")
+
+
+def _legacy_problem(state_dict: dict) -> str | None:
+    """What shows that a state_dict without signature was not saved by :class:`Shampoo`, if anything."""
+    for key, state in state_dict["state"].items():
+        if not (isinstance(key, int) and isinstance(state, dict) and "step" in state
+                and ({"L", "R", "L_root", "R_root"} <= state.keys() or "D" in state)):
+            return f"this state_dict has no Shampoo statistics, so it is not Shampoo's (its structure suggests {guess_owner(state_dict)})"
+    return None
 
 
 def _block_sizes(n: int, max_dim: int) -> list[int]:
@@ -129,26 +139,42 @@ class Shampoo(torch.optim.Optimizer):
         def check(name, test, allowed):
             check_hparam("Shampoo", name, g[name], test, allowed)
 
-        def is_int(v):
-            return isinstance(v, int) and not isinstance(v, bool)
+        def number(test):
+            return lambda v: is_number(v) and test(v)
 
-        check("lr", lambda v: float(v) > 0, "lr > 0")
-        check("momentum", lambda v: 0 <= v < 1, "0 <= momentum < 1")
+        check("lr", number(lambda v: v > 0), "a finite number > 0")
+        check("momentum", number(lambda v: 0 <= v < 1), "a number in [0, 1)")
         check("nesterov", lambda v: isinstance(v, bool) and (not v or g["momentum"] > 0),
               "True or False; True needs momentum > 0")
-        check("weight_decay", lambda v: v >= 0, "weight_decay >= 0")
-        check("epsilon", lambda v: v >= 0, "epsilon >= 0")
+        check("weight_decay", number(lambda v: v >= 0), "a finite number >= 0")
+        check("epsilon", number(lambda v: v >= 0), "a finite number >= 0")
         check("epsilon_mode", lambda v: v in ("absolute", "relative"), "'absolute' or 'relative'")
         check("statistics", lambda v: v in ("adagrad", "ema"), "'adagrad' or 'ema'")
-        check("beta2", lambda v: 0 <= v < 1, "0 <= beta2 < 1")
-        check("exponent", lambda v: v > 0, "exponent > 0")
-        check("max_preconditioner_dim", lambda v: is_int(v) and v >= 1, "an integer >= 1")
-        check("precondition_frequency", lambda v: is_int(v) and v >= 1, "an integer >= 1")
-        check("start_preconditioning_step", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+        check("beta2", number(lambda v: 0 <= v < 1), "a number in [0, 1)")
+        check("exponent", number(lambda v: v > 0), "a finite number > 0")
+        check("max_preconditioner_dim", lambda v: is_integer(v) and v >= 1, "an integer >= 1")
+        check("precondition_frequency", lambda v: is_integer(v) and v >= 1, "an integer >= 1")
+        check("start_preconditioning_step", lambda v: is_integer(v) and v >= 1, "an integer >= 1")
         check("grafting", lambda v: v in GRAFTING_TYPES, f"one of {GRAFTING_TYPES}")
-        check("grafting_beta2", lambda v: 0 <= v < 1, "0 <= grafting_beta2 < 1")
-        check("grafting_epsilon", lambda v: v > 0, "grafting_epsilon > 0")
+        check("grafting_beta2", number(lambda v: 0 <= v < 1), "a number in [0, 1)")
+        check("grafting_epsilon", number(lambda v: v > 0), "a finite number > 0")
         check("retry_float64", lambda v: isinstance(v, bool), "True or False")
+
+    # -- checkpoints ------------------------------------------------------------------------------
+
+    def _signature(self) -> dict:
+        return signature("Shampoo", (p for group in self.param_groups for p in group["params"]))
+
+    def state_dict(self) -> dict:
+        """torch.optim state dict plus the signature (parameter shapes) that :meth:`load_state_dict` checks."""
+        state = super().state_dict()
+        state[SIGNATURE_KEY] = self._signature()
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load the state of a :class:`Shampoo` optimizer of the same parameters (``ValueError`` otherwise)."""
+        check_state_dict("Shampoo", state_dict, self._signature(), _legacy_problem)
+        super().load_state_dict(state_dict)
 
     # -- state ----------------------------------------------------------------------------------
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from .validation import SIGNATURE_KEY, check_hparam, check_state_dict, guess_owner, is_number, signature
+
 __all__ = ["TFRMSProp"]
 
 
@@ -24,15 +26,28 @@ class TFRMSProp(torch.optim.Optimizer):
     """RMSProp with TF1 semantics; see the module docstring for the update."""
 
     def __init__(self, params, lr: float = 1e-3, decay: float = 0.9, momentum: float = 0.999, eps: float = 1e-5):
-        if not lr >= 0.0:
-            raise ValueError(f"invalid learning rate lr={lr}: it must be >= 0")
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"invalid decay={decay}: it must lie in [0, 1)")
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"invalid momentum={momentum}: it must lie in [0, 1)")
-        if not eps >= 0.0:
-            raise ValueError(f"invalid eps={eps}: it must be >= 0")
+        for name, value, test, allowed in (
+            ("lr", lr, lambda v: v >= 0, "a finite number >= 0"),
+            ("decay", decay, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+            ("momentum", momentum, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+            ("eps", eps, lambda v: v >= 0, "a finite number >= 0"),
+        ):
+            check_hparam("TFRMSProp", name, value, lambda v, test=test: is_number(v) and test(v), allowed)
         super().__init__(params, dict(lr=lr, decay=decay, momentum=momentum, eps=eps))
+
+    def _signature(self) -> dict:
+        return signature("TFRMSProp", (p for group in self.param_groups for p in group["params"]))
+
+    def state_dict(self) -> dict:
+        """torch.optim state dict plus the signature (parameter shapes) that :meth:`load_state_dict` checks."""
+        state = super().state_dict()
+        state[SIGNATURE_KEY] = self._signature()
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load the state of a :class:`TFRMSProp` optimizer of the same parameters (``ValueError`` otherwise)."""
+        check_state_dict("TFRMSProp", state_dict, self._signature(), _legacy_problem)
+        super().load_state_dict(state_dict)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -60,3 +75,11 @@ class TFRMSProp(torch.optim.Optimizer):
             torch._foreach_addcdiv_(mom, grads, denom, value=group["lr"])
             torch._foreach_sub_(params, mom)
         return loss
+
+
+def _legacy_problem(state_dict: dict) -> str | None:
+    """What shows that a state_dict without signature was not saved by :class:`TFRMSProp`, if anything."""
+    for key, state in state_dict["state"].items():
+        if not (isinstance(key, int) and isinstance(state, dict) and set(state) == {"ms", "mom"}):
+            return f"its per-parameter state is not TF-RMSProp's ms and mom (its structure suggests {guess_owner(state_dict)})"
+    return None

@@ -149,6 +149,10 @@ def _finish(executed: Path, name: str, root: Path) -> None:
     import nbformat
 
     nb = nbformat.read(executed, as_version=4)
+    for cell in nb.cells:  # the values injected by papermill stay in the notebook, off the book's page
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = [*tags, "remove-cell"]
     papermill_md = nb.metadata.get("papermill", {})
     papermill_md["input_path"] = f"{name}.py"
     papermill_md["output_path"] = f"{name}.ipynb"
@@ -184,8 +188,9 @@ def execute(
     partial = executed.with_name(f".{name}.{os.getpid()}.ipynb")
     failed = executed.with_name(f"{name}.failed.ipynb")
     saved_env = dict(os.environ)
+    kernel_env = kernel_environment(root)
     os.environ.clear()
-    os.environ.update(kernel_environment(root))  # the kernel inherits this process's environment
+    os.environ.update(kernel_env)  # the kernel inherits this process's environment
     try:
         papermill.execute_notebook(
             nb,

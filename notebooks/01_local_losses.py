@@ -19,7 +19,10 @@
 # of the layer's transfer function $f = \nabla F$, the Bregman divergence
 #
 # $$
-# D_F(\hat a, a) = F(\hat a) - F(a) - f(a)\,(\hat a - a), \qquad \nabla_{\hat a} D_F = f(\hat a) - f(a).
+# \begin{aligned}
+# D_F(\hat a, a) &= F(\hat a) - F(a) - f(a)\,(\hat a - a),\\
+# \nabla_{\hat a} D_F(\hat a, a) &= f(\hat a) - f(a).
+# \end{aligned}
 # $$
 #
 # It is convex in $\hat a$, hence in $W$, and it is the squared loss $\tfrac12(\hat a - a)^2$ when
@@ -27,21 +30,44 @@
 # prediction $\hat a$ for a few targets $a$, for the transfer functions of the autoencoder
 # (tanh hidden layers, sigmoid output) and for ReLU, beside the squared loss. All losses come from
 # `locoprop.transfer`.
+#
+# :::{admonition} Run it yourself
+# :class: tip
+#
+# This page is the jupytext notebook
+# {download}`notebooks/01_local_losses.py <01_local_losses.py>`, executed with papermill into
+# {download}`notebooks/01_local_losses.ipynb <01_local_losses.ipynb>` (also offered by the download button at
+# the top of the page). From the repository root:
+#
+# ```bash
+# python -m locoprop.reproduce --profile smoke --notebook 01_local_losses
+# python -m locoprop.reproduce --profile paper --notebook 01_local_losses
+# ```
+#
+# or with papermill itself: `jupytext --to ipynb -o - notebooks/01_local_losses.py | papermill -
+# out.ipynb --cwd notebooks -p profile smoke`. The notebook needs no data and trains nothing, so both
+# profiles do the same computation: about 15 seconds on a 2-core CPU, most of it spent starting the
+# kernel.
+# :::
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "remove-cell"]
 profile = "smoke"
 dataset = "digits"
 device = "cpu"
 
-# %%
+# %% tags=["hide-input"]
+import math
+
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 import torch
+from myst_nb import glue
 
+from locoprop.models import reconstruction_loss
 from locoprop.transfer import get_transfer
 
-sns.set_theme(context="notebook", style="whitegrid")
+sns.set_theme(context="notebook", style="whitegrid", font_scale=1.35)
 torch.set_default_dtype(torch.float64)
 print(f"profile={profile}; this notebook needs no data and no training (dataset={dataset}, device={device} unused)")
 
@@ -69,10 +95,10 @@ curves = pd.concat(rows, ignore_index=True)
 # Each panel shows $D_F(\hat a, a)$ against $\hat a$, one curve per target $a$ (marked by a dot on
 # the horizontal axis, where the loss is zero).
 
-# %%
+# %% tags=["hide-input"]
 grid = sns.relplot(
     data=curves, x="prediction â", y="matching loss", hue="target a", col="transfer",
-    kind="line", col_wrap=4, height=3.2, aspect=1.0, palette="viridis",
+    kind="line", col_wrap=2, height=3.4, aspect=1.3, linewidth=2.2, palette="viridis",
     facet_kws={"sharey": False},
 )
 grid.set_axis_labels("prediction $\\hat a$", "matching loss $D_F(\\hat a, a)$")
@@ -101,10 +127,10 @@ plt.show()
 # The gradient $f(\hat a) - f(a)$ is what a local optimisation step back-propagates into the
 # layer's weights.
 
-# %%
+# %% tags=["hide-input"]
 grid = sns.relplot(
     data=curves, x="prediction â", y="gradient", hue="target a", col="transfer",
-    kind="line", col_wrap=4, height=3.2, aspect=1.0, palette="viridis",
+    kind="line", col_wrap=2, height=3.4, aspect=1.3, linewidth=2.2, palette="viridis",
     facet_kws={"sharey": False},
 )
 grid.set_axis_labels("prediction $\\hat a$", "gradient $f(\\hat a) - f(a)$")
@@ -140,3 +166,18 @@ table = pd.DataFrame(
     index=pd.Index([f"â={ah:+.1f}, a={a:+.1f}" for ah, a in check_points], name="point"),
 )
 table.round(6)
+
+# %% [markdown]
+# The output layer's matching loss is the sigmoid cross-entropy itself, and at zero logits
+# ($\sigma(a) = 1/2$) it is $\ln 2$ per pixel whatever the image. For the $D = 784$ pixels of the
+# paper's autoencoder that is the value below (nats per image), the scale of the initial losses in
+# {doc}`../book/deviations`; computed with the package's loss, `locoprop.models.reconstruction_loss`.
+
+# %%
+pixels = 784
+images = torch.rand(8, pixels, generator=torch.Generator().manual_seed(0))  # any images in [0, 1]
+zero_logit_loss = reconstruction_loss(torch.zeros(8, pixels), images).item()
+assert math.isclose(zero_logit_loss, pixels * math.log(2), rel_tol=1e-9)
+glue("zero_logit_loss", zero_logit_loss, display=False)
+print(f"sigmoid cross-entropy at zero logits, {pixels} pixels: {zero_logit_loss:.1f} nats per image "
+      f"(= {pixels} ln 2)")

@@ -5,7 +5,9 @@
   network access except loopback blocked, so a page that needs the internet (a CDN MathJax, a remote
   font) shows it;
 * :func:`page_refs` lists the local ``href``/``src`` references of an HTML file, and :func:`http_get`
-  requests them.
+  requests them;
+* :func:`math_layout` loads a page at given window widths (in an iframe of a probe page that
+  :func:`install_math_probe` writes into the site) and reports every equation that is cut off.
 
 Only the standard library is used.  Debian: ``apt-get install chromium``.
 """
@@ -13,7 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import html as html_lib
 import http.server
+import json
+import re
 import shutil
 import struct
 import subprocess
@@ -168,3 +173,107 @@ def png_size(data: bytes) -> tuple[int, int]:
     if len(data) < 24 or data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
         raise ValueError("not a PNG file")
     return struct.unpack(">II", data[16:24])
+
+
+# --- Equations that do not fit -------------------------------------------------------------------
+#
+# MathJax 3 does not break lines.  The book theme shows display equations (``div.math``) in a box that
+# scrolls sideways, and clips inline math (``span.math { overflow: hidden }``) at the edge of its box.
+# So an equation is *cut off* when inline math is wider than its box (the reader cannot see the
+# rest), or when any math reaches past the window without a sideways-scrolling box around it.  A
+# display equation that only fits by scrolling its own box is reported separately: a wide window
+# should need no scrolling, a phone-sized one may.
+
+MATH_PROBE = "_static/_math_probe.html"
+
+_MATH_PROBE_HTML = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>math layout probe</title></head>
+<body style="margin:0"><pre id="result">pending</pre>
+<script>
+async function measure(page, width) {
+  const frame = document.createElement("iframe");
+  frame.style.cssText = `width:${width}px;height:900px;border:0`;
+  const loaded = new Promise(r => frame.addEventListener("load", r));
+  frame.src = page;
+  document.body.appendChild(frame);
+  await loaded;
+  const w = frame.contentWindow, d = frame.contentDocument;
+  for (let i = 0; i < 200 && !(w.MathJax && w.MathJax.startup && w.MathJax.startup.promise); i++)
+    await new Promise(r => setTimeout(r, 50));
+  if (w.MathJax && w.MathJax.startup) await w.MathJax.startup.promise;
+  await d.fonts.ready;
+  await new Promise(r => setTimeout(r, 200));
+  const tex = new Map();
+  try { for (const item of w.MathJax.startup.document.math) tex.set(item.typesetRoot, item.math); } catch (e) {}
+  const scrollsX = el => ["auto", "scroll"].includes(w.getComputedStyle(el).overflowX);
+  const inScroller = el => { for (let a = el.parentElement; a && a !== d.body; a = a.parentElement)
+                               if (scrollsX(a)) return true; return false; };
+  const out = {width, viewport: w.innerWidth, page_width: d.documentElement.scrollWidth, n_math: 0,
+               clipped: [], off_page: [], scrolled: [], page_overflow: []};
+  for (const el of d.querySelectorAll("mjx-container")) {
+    out.n_math++;
+    const display = el.getAttribute("display") === "true";
+    const rect = el.getBoundingClientRect();
+    const eq = el.closest("[id^=equation-]");
+    const info = {display, label: eq ? eq.id : "", width: Math.round(rect.width),
+                  tex: (tex.get(el) || "").trim().replace(/\\s+/g, " ").slice(0, 90)};
+    if (display) {
+      const over = el.scrollWidth - el.clientWidth;
+      if (over > 1) out.scrolled.push({...info, over});
+    } else {
+      const box = (el.closest("span.math") || el.parentElement).getBoundingClientRect();
+      const over = Math.max(rect.right - box.right, box.left - rect.left);
+      if (over > 1) out.clipped.push({...info, over: Math.round(over)});
+    }
+    if (rect.right > w.innerWidth + 1 && !inScroller(el))
+      out.off_page.push({...info, past: Math.round(rect.right - w.innerWidth)});
+  }
+  if (d.documentElement.scrollWidth > w.innerWidth + 1) {
+    for (const el of d.body.querySelectorAll("*")) {
+      const r = el.getBoundingClientRect();
+      if (r.width > 0 && r.right > w.innerWidth + 1 && !el.children.length && !inScroller(el)) {
+        out.page_overflow.push({tag: el.tagName.toLowerCase(), text: (el.textContent || "").trim().slice(0, 60)});
+        if (out.page_overflow.length >= 5) break;
+      }
+    }
+  }
+  frame.remove();
+  return out;
+}
+(async () => {
+  const q = new URLSearchParams(location.search);
+  const results = [];
+  for (const width of q.get("widths").split(",").map(Number)) results.push(await measure(q.get("page"), width));
+  document.getElementById("result").textContent = "RESULT" + JSON.stringify(results) + "END";
+})().catch(e => { document.getElementById("result").textContent = "ERROR " + e; });
+</script></body></html>
+"""
+
+
+def install_math_probe(site: Path) -> str:
+    """Write the probe page into the built ``site``; returns its path relative to the site root."""
+    path = Path(site) / MATH_PROBE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(_MATH_PROBE_HTML, encoding="utf-8")
+    return MATH_PROBE
+
+
+def math_layout(
+    chromium: str, base_url: str, page: str, widths: tuple[int, ...], profile_dir: Path,
+    budget_ms: int = 40000, timeout: float = 240,
+) -> list[dict]:
+    """For each window width, how the math of ``page`` (a path relative to the site root) is laid out.
+
+    Needs :func:`install_math_probe` run on the served site.  Each result has ``clipped`` (inline math
+    wider than its box, hence cut), ``off_page`` (math past the window edge with no sideways-scrolling
+    box around it), ``scrolled`` (display equations that fit only by scrolling their own box),
+    ``page_overflow`` (elements that make the whole page scroll sideways), ``n_math`` and
+    ``page_width``/``viewport`` in CSS pixels.
+    """
+    url = f"{base_url}{MATH_PROBE}?widths={','.join(map(str, widths))}&page=/{page}"
+    dom = dump_dom(chromium, url, profile_dir, budget_ms=budget_ms, timeout=timeout)
+    match = re.search(r"RESULT(.*?)END", dom, re.S)
+    if not match:
+        found = re.search(r'<pre id="result">(.*?)</pre>', dom, re.S)
+        raise RuntimeError(f"math probe gave no result for {page}: {found.group(1)[:500] if found else dom[:500]}")
+    return json.loads(html_lib.unescape(match.group(1)))

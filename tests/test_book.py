@@ -5,6 +5,8 @@ folder, so the repository's ``_build`` is left alone).  The notebooks are not ex
 their executed ``.ipynb`` files and the figures they wrote (``book/figures/``) must already exist,
 as they do in a checkout.  The browser checks serve the built site on 127.0.0.1 and load every page
 in headless Chromium with the network blocked; they are skipped when Chromium is not installed.
+Every chapter page is also laid out at a desktop width (1400 px) and a phone width (420 px), and no
+equation may be cut off at either (see ``browser_check.math_layout``).
 """
 from __future__ import annotations
 
@@ -24,6 +26,11 @@ _spec.loader.exec_module(bc)
 HEADLINE_FIGURE = "book/figures/headline.png"
 GLUE_KEYS = ("headline_dataset", "headline_profile", "headline_best_locoprop", "headline_best_first_order")
 BUILD_TIMEOUT = 1800
+REPOSITORY_URL = "https://github.com/locoprop-companion/locoprop-companion"
+#: Window widths (CSS pixels) at which the math of every page is checked: a desktop and a phone.
+WIDE, NARROW = 1400, 420
+#: Notebook pages with hidden boilerplate, a "Run it yourself" box and both downloads (.py, .ipynb).
+NOTEBOOKS_WITH_DOWNLOADS = ("01_local_losses", "02_preconditioning")
 
 
 def _jupyter_book() -> list[str]:
@@ -175,12 +182,93 @@ def test_method_page_has_math(pages):
 
 
 def test_screenshots(site, server, chromium, tmp_path_factory):
-    """Screenshots of the landing page and the method page, for a human to look at (path printed)."""
+    """Screenshots of the landing page, the two derivation chapters and the notebook pages 01 and 02,
+    at a desktop and a phone width, for a human to look at (path printed)."""
     out = tmp_path_factory.mktemp("screenshots")
     profile = tmp_path_factory.mktemp("chromium-shots")
-    for name in ("index", "method"):
-        shot = bc.screenshot(chromium, f"{server}book/{name}.html", out / f"{name}.png", profile)
-        width, height = bc.png_size(shot.read_bytes())
-        assert (width, height) == (1280, 2400)
-        assert shot.stat().st_size > 20_000, f"{shot} looks blank"
+    pages = ["book/index", "book/method", "book/baselines"] + [f"notebooks/{n}" for n in NOTEBOOKS_WITH_DOWNLOADS]
+    for page in pages:
+        for width in (WIDE, NARROW):
+            name = f"{page.replace('/', '_')}_{width}.png"
+            shot = bc.screenshot(chromium, f"{server}{page}.html", out / name, profile, size=(width, 2400))
+            assert bc.png_size(shot.read_bytes()) == (width, 2400)
+            assert shot.stat().st_size > 20_000, f"{shot} looks blank"
     print(f"screenshots in {out}")
+
+
+@pytest.fixture(scope="session")
+def math_layouts(pages, site, server, chromium, tmp_path_factory) -> dict[str, list[dict]]:
+    """``{page: [layout at WIDE, layout at NARROW]}`` for every chapter page (``bc.math_layout``)."""
+    bc.install_math_probe(site)
+    profile = tmp_path_factory.mktemp("chromium-math")
+    return {
+        page.relative_to(site).as_posix(): bc.math_layout(
+            chromium, server, page.relative_to(site).as_posix(), (WIDE, NARROW), profile)
+        for page in pages
+    }
+
+
+def test_no_equation_is_cut_off(math_layouts):
+    """At both widths no inline equation is clipped and no equation runs off the page; at the desktop
+    width every display equation fits without scrolling (at the phone width a wide one may scroll in
+    its own box); the page never scrolls sideways."""
+    failures = []
+    for page, layouts in math_layouts.items():
+        for layout in layouts:
+            where = f"{page} at {layout['width']} px"
+            for item in layout["clipped"]:
+                failures.append(f"{where}: inline math cut off by {item['over']} px: {item['tex']}")
+            for item in layout["off_page"]:
+                failures.append(f"{where}: math runs {item['past']} px off the page: {item['tex']}")
+            if layout["width"] >= WIDE:
+                for item in layout["scrolled"]:
+                    failures.append(f"{where}: display equation {item['label'] or item['tex']} is "
+                                    f"{item['over']} px too wide")
+            if layout["page_width"] > layout["viewport"] + 1:
+                failures.append(f"{where}: the page is {layout['page_width']} px wide, wider than the window; "
+                                f"widest content: {layout['page_overflow']}")
+    assert not failures, "\n".join(failures)
+
+
+def test_math_is_laid_out_at_both_widths(math_layouts):
+    for layouts in (math_layouts["book/method.html"], math_layouts["book/baselines.html"]):
+        assert [layout["width"] for layout in layouts] == [WIDE, NARROW]
+        assert all(layout["viewport"] == layout["width"] and layout["n_math"] > 50 for layout in layouts)
+
+
+def test_repository_and_issue_buttons(site):
+    html = (site / "book" / "index.html").read_text(encoding="utf-8")
+    assert f'href="{REPOSITORY_URL}"' in html, "no repository button"
+    assert f"{REPOSITORY_URL}/issues/new" in html, "no issue button"
+    cff = (ROOT / "CITATION.cff").read_text(encoding="utf-8")
+    assert REPOSITORY_URL in cff, "CITATION.cff names another repository than the book's buttons"
+
+
+def test_how_to_cite_gives_bibtex_and_citation_file(site, server):
+    html = (site / "book" / "index.html").read_text(encoding="utf-8")
+    text = re.sub(r"<[^>]+>", "", html)
+    assert "@inproceedings{amid2022locoprop" in text and "@misc{locoprop_companion" in text
+    href = re.search(r'href="([^"]*_downloads/[^"]*/CITATION\.cff)"', html)
+    assert href, "no download link to CITATION.cff"
+    status, body = bc.http_get(bc.urllib.parse.urljoin(server + "book/index.html", href.group(1)))
+    assert status == 200 and body == (ROOT / "CITATION.cff").read_bytes()
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS_WITH_DOWNLOADS)
+def test_notebook_page_offers_downloads_and_hides_boilerplate(site, server, name):
+    html = (site / "notebooks" / f"{name}.html").read_text(encoding="utf-8")
+    page_url = f"{server}notebooks/{name}.html"
+    assert re.search(rf'href="[^"]*_sources/notebooks/{name}\.ipynb"', html), "no .ipynb download button"
+    for suffix in ("py", "ipynb"):
+        href = re.search(rf'href="([^"]*_downloads/[^"]*/{name}\.{suffix})"', html)
+        assert href, f"no download link to {name}.{suffix}"
+        status, body = bc.http_get(bc.urllib.parse.urljoin(page_url, href.group(1)))
+        assert status == 200 and body, f"{name}.{suffix} download returned HTTP {status}"
+        if suffix == "py":
+            assert body == (ROOT / "notebooks" / f"{name}.py").read_bytes()
+    text = re.sub(r"<[^>]+>", "", html)
+    assert "Run it yourself" in text and f"--notebook {name}" in text
+    # the papermill "parameters" cell is removed (the injected one shows the values used); imports,
+    # helpers and plotting code are collapsed
+    assert "tag_parameters" not in html
+    assert html.count("tag_hide-input") >= 2

@@ -255,13 +255,15 @@ def _fake_checkout(root: Path, notebook_code: str) -> None:
         "# ---\n" + header + "# ---\n\n# %% tags=[\"parameters\"]\nprofile = 'smoke'\n\n# %%\n" + notebook_code + "\n")
 
 
-def test_reproduce_runs_the_code_of_the_checkout_it_reproduces(tmp_path):
+def test_reproduce_runs_the_code_of_the_checkout_it_reproduces(tmp_path, monkeypatch):
     root = tmp_path / "second-checkout"
-    _fake_checkout(root, "import locoprop\nprint('package at', locoprop.CHECKOUT)")
+    monkeypatch.setenv("LOCOPROP_PROBE", "kept")
+    _fake_checkout(root, "import os, locoprop\nprint('package at', locoprop.CHECKOUT, os.environ.get('LOCOPROP_PROBE'))")
     out = reproduce.execute("01_local_losses", {"profile": "smoke"}, root)
     import nbformat
     text = json.dumps(nbformat.read(out, as_version=4).cells[-1].outputs)
     assert str(root / "locoprop" / "__init__.py") in text
+    assert "kept" in text  # the rest of the environment (e.g. LOCOPROP_DATA_DIR) reaches the kernel too
 
 
 def test_a_failed_execution_leaves_the_executed_notebook_alone(tmp_path):

@@ -15,10 +15,14 @@ is not part of an epoch.  For each optimizer the benchmark also reports
   decompositions of K-FAC and Shampoo are not counted), and the achieved FLOP/s,
 * the ratio of its epoch time to RMSProp's from the same run,
 
-and, once per run, the float32 matrix-multiply ceiling of the device on the shapes of a LocoProp
-local iteration (:math:`XW^\\top` and :math:`\\delta^\\top X` for every layer), against which
-LocoProp's achieved FLOP/s is compared.  K-FAC and Shampoo are timed with their inverse / root
-every step and every 5 steps.  Results are printed and written as JSON under
+and, once per run and precision, the matrix-multiply ceiling of the device on the shapes of a
+LocoProp local iteration (:math:`XW^\\top` and :math:`\\delta^\\top X` for every layer), against which
+LocoProp's achieved FLOP/s is compared.  Every optimizer is timed in each precision of
+``--precision`` (default ``fp32 bf16``, see :func:`locoprop.runner.products`), with its speed-up over
+its own float32 epoch.  K-FAC and Shampoo are timed with their inverse / root
+every step and every 5 steps; with ``--tuned``, each optimizer is timed once with the setting its
+tuning chose (:mod:`locoprop.tuning`), as the paper-scale runs train it.  Results are printed and
+written as JSON under
 ``data/results/bench/`` with the device name and package versions.
 """
 from __future__ import annotations
@@ -37,9 +41,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from .models import PAPER_SIZES, deep_autoencoder, reconstruction_loss
 from .optim import make_optimizer
 from .provenance import atomic_write_text, provenance
-from .runner import default_results_dir, sync
+from .runner import default_results_dir, products, sync
 
-__all__ = ["Contender", "CONTENDERS", "benchmark", "matmul_ceiling", "format_table", "main"]
+__all__ = ["Contender", "CONTENDERS", "benchmark", "evaluation_time", "matmul_ceiling", "format_table", "main",
+           "tuned_contenders"]
 
 
 @dataclass(frozen=True)
@@ -66,23 +71,61 @@ CONTENDERS = (
 )
 
 
-def _training_step(model, opt, closure_for):
+def evaluation_time(device: torch.device, train: torch.Tensor | None = None, test_size: int = 10_000,
+                    sizes: Sequence[int] = PAPER_SIZES) -> float:
+    """Seconds of the runner's evaluation after an epoch (:func:`locoprop.runner.evaluate` on train and test)."""
+    from .runner import evaluate
+
+    g = torch.Generator().manual_seed(0)
+    train = torch.rand(60_000, sizes[0], generator=g).to(device) if train is None else train
+    test = torch.rand(test_size, sizes[0], generator=g).to(device)
+    model = deep_autoencoder(sizes, seed=0).to(device)
+    evaluate(model, test)  # warm-up
+    sync(device)
+    start = time.perf_counter()
+    evaluate(model, train)
+    evaluate(model, test)
+    sync(device)
+    return time.perf_counter() - start
+
+
+def tuned_contenders(dataset: str, profile: str = "paper") -> list[Contender]:
+    """One contender per optimizer whose tuning on ``dataset`` is complete, with its winning setting."""
+    from .optim import OPTIMIZERS
+    from .runner import RunConfig
+    from .tuning import tuned
+
+    out = []
+    for name in OPTIMIZERS:
+        result = tuned(RunConfig(optimizer=name, profile=profile, dataset=dataset, device="cpu"))
+        if result.setting is not None:
+            out.append(Contender(name, name, dict(result.setting)))
+    if not out:
+        raise ValueError(f"no finished tuning under data/results/{profile}/ for {dataset}: run "
+                         f"`python -m locoprop tune --profile {profile} --dataset {dataset} --optimizer ...` first")
+    return out
+
+
+def _training_step(model, opt, closure_for, precision="fp32", device=torch.device("cpu")):
     def step(xb):
         opt.zero_grad(set_to_none=True)
-        loss = reconstruction_loss(model(xb), xb)
+        with products(precision, device):
+            logits = model(xb)
+        loss = reconstruction_loss(logits.float(), xb)
         loss.backward()
         opt.step(closure_for(xb))
         return loss
     return step
 
 
-def matmul_ceiling(sizes: Sequence[int], batch_size: int, device: torch.device, repeats: int = 20) -> float:
-    """Float32 FLOP/s of the matrix products of one LocoProp local iteration, on ``device``."""
+def matmul_ceiling(sizes: Sequence[int], batch_size: int, device: torch.device, repeats: int = 20,
+                   dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of the matrix products of one LocoProp local iteration in ``dtype``, on ``device``."""
     g = torch.Generator().manual_seed(0)
     shapes = list(zip(sizes[:-1], sizes[1:]))
-    xs = [torch.rand(batch_size, d_in, generator=g).to(device) for d_in, _ in shapes]
-    ws = [torch.rand(d_out, d_in, generator=g).to(device) for d_in, d_out in shapes]
-    ds = [torch.rand(batch_size, d_out, generator=g).to(device) for _, d_out in shapes]
+    xs = [torch.rand(batch_size, d_in, generator=g).to(device, dtype) for d_in, _ in shapes]
+    ws = [torch.rand(d_out, d_in, generator=g).to(device, dtype) for d_in, d_out in shapes]
+    ds = [torch.rand(batch_size, d_out, generator=g).to(device, dtype) for _, d_out in shapes]
 
     def once():
         for x, w, d in zip(xs, ws, ds):
@@ -108,8 +151,9 @@ def benchmark(
     data: torch.Tensor | None = None,
     sizes: Sequence[int] = PAPER_SIZES,
     seed: int = 0,
+    precisions: Sequence[str] = ("fp32",),
 ) -> list[dict]:
-    """One dict per contender: epoch times, peak memory, FLOPs per step, FLOP/s, ratio to RMSProp."""
+    """One dict per contender and precision: epoch times, peak memory, FLOPs per step, FLOP/s, ratio to RMSProp."""
     if epochs < 1 or warmup_epochs < 0 or batch_size < 1 or (steps_per_epoch is not None and steps_per_epoch < 1):
         raise ValueError(
             f"need epochs >= 1, warmup_epochs >= 0, batch_size >= 1, steps_per_epoch >= 1; got "
@@ -122,15 +166,15 @@ def benchmark(
     n_batches = len(data) // batch_size
     steps = n_batches if steps_per_epoch is None else min(steps_per_epoch, n_batches)
     rows = []
-    for contender in contenders:
+    for contender, precision in [(c, p) for c in contenders for p in precisions]:
         model = deep_autoencoder(sizes, seed=seed).to(device)
-        opt = make_optimizer(contender.optimizer, model, **contender.hparams)
+        opt = make_optimizer(contender.optimizer, model, precision=precision, **contender.hparams)
         wants_closure = getattr(opt, "needs_loss_closure", False)
 
         def closure_for(xb):
             return (lambda: reconstruction_loss(model(xb), xb)) if wants_closure else None
 
-        step = _training_step(model, opt, closure_for)
+        step = _training_step(model, opt, closure_for, precision, device)
         shuffle = torch.Generator(device=device).manual_seed(seed)
 
         def epoch():
@@ -158,6 +202,7 @@ def benchmark(
         rows.append({
             "label": contender.label,
             "optimizer": contender.optimizer,
+            "precision": precision,
             "hparams": contender.hparams,
             "epoch_s": epoch_s,
             "epoch_s_all": times,
@@ -168,28 +213,32 @@ def benchmark(
             "tflops": flops * steps / epoch_s / 1e12,
             "final_loss": float(loss.detach()),
         })
-    rmsprop = next((r["epoch_s"] for r in rows if r["optimizer"] == "rmsprop"), None)
     for row in rows:
+        rmsprop = next((r["epoch_s"] for r in rows if r["optimizer"] == "rmsprop" and r["precision"] == "fp32"), None)
         row["ratio_to_rmsprop"] = row["epoch_s"] / rmsprop if rmsprop else None
+        fp32 = next((r["epoch_s"] for r in rows if r["label"] == row["label"] and r["precision"] == "fp32"), None)
+        row["speedup_over_fp32"] = fp32 / row["epoch_s"] if fp32 else None
     return rows
 
 
-def format_table(rows: list[dict], ceiling: float | None = None) -> str:
-    """The rows as a plain-text table."""
-    head = f"{'optimizer':<27} {'epoch s':>9} {'step ms':>9} {'x RMSProp':>9} {'GFLOP/step':>10} {'TFLOP/s':>8} {'peak MiB':>9}"
+def format_table(rows: list[dict], ceilings: dict[str, float] | None = None) -> str:
+    """The rows as a plain-text table; ``ceilings``: matrix-product FLOP/s per precision on LocoProp's shapes."""
+    head = (f"{'optimizer':<27} {'prec':>4} {'epoch s':>9} {'step ms':>9} {'x RMSProp':>9} {'x fp32':>7} "
+            f"{'GFLOP/step':>10} {'TFLOP/s':>8} {'peak MiB':>9}")
     lines = [head]
     for r in rows:
         ratio = "n/a" if r["ratio_to_rmsprop"] is None else f"{r['ratio_to_rmsprop']:.2f}"
+        speedup = "n/a" if r.get("speedup_over_fp32") is None else f"{r['speedup_over_fp32']:.2f}"
         peak = "n/a" if r["peak_memory_mib"] is None else f"{r['peak_memory_mib']:.0f}"
         lines.append(
-            f"{r['label']:<27} {r['epoch_s']:>9.3f} {r['step_ms']:>9.2f} {ratio:>9} "
-            f"{r['flops_per_step'] / 1e9:>10.2f} {r['tflops']:>8.3f} {peak:>9}"
+            f"{r['label']:<27} {r.get('precision', 'fp32'):>4} {r['epoch_s']:>9.3f} {r['step_ms']:>9.2f} {ratio:>9} "
+            f"{speedup:>7} {r['flops_per_step'] / 1e9:>10.2f} {r['tflops']:>8.3f} {peak:>9}"
         )
-    if ceiling is not None:
-        lines.append(f"float32 matmul ceiling on LocoProp's shapes: {ceiling / 1e12:.3f} TFLOP/s")
+    for precision, ceiling in (ceilings or {}).items():
+        lines.append(f"{precision} matmul ceiling on LocoProp's shapes: {ceiling / 1e12:.3f} TFLOP/s")
         for r in rows:
-            if r["optimizer"].startswith("locoprop"):
-                lines.append(f"{r['label']}: {r['tflops'] * 1e12 / ceiling:.1%} of the ceiling")
+            if r["optimizer"].startswith("locoprop") and r.get("precision", "fp32") == precision:
+                lines.append(f"  {r['label']} ({precision}): {r['tflops'] * 1e12 / ceiling:.1%} of it")
     return "\n".join(lines)
 
 
@@ -204,6 +253,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--dataset", default=None, help="time on a real training set (e.g. fashion-mnist)")
     parser.add_argument("--optimizers", nargs="+", default=None, metavar="NAME",
                         help="keep only the lines of these optimizers (e.g. adam kfac locoprop-m)")
+    parser.add_argument("--tuned", action="store_true",
+                        help="time each optimizer once, with its tuned setting (the winner of its trials under "
+                             "data/results/paper/ for --dataset, default fashion-mnist) instead of the defaults")
+    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
+                        help="time each optimizer in these precisions (default: fp32 bf16)")
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matrix products (default: float32)")
     parser.add_argument("--results-dir", default=None, help="where bench/*.json goes (default data/results)")
     parser.add_argument("--no-save", action="store_true", help="print only")
@@ -211,7 +265,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
-    contenders = [c for c in CONTENDERS if args.optimizers is None or c.optimizer in args.optimizers]
+    contenders = tuned_contenders(args.dataset or "fashion-mnist") if args.tuned else CONTENDERS
+    contenders = [c for c in contenders if args.optimizers is None or c.optimizer in args.optimizers]
     if not contenders:
         parser.error(f"--optimizers: none of {args.optimizers} is benchmarked; choose from "
                      f"{sorted({c.optimizer for c in CONTENDERS})}")
@@ -221,13 +276,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
         from .data import load
         data = load(args.dataset, "train", device=device)
     rows = benchmark(contenders, device, args.epochs, args.warmup_epochs, args.steps_per_epoch,
-                     args.batch_size, data)
-    ceiling = matmul_ceiling(PAPER_SIZES, args.batch_size, device)
+                     args.batch_size, data, precisions=args.precision)
+    evaluation = evaluation_time(device, data)
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    ceilings = {p: matmul_ceiling(PAPER_SIZES, args.batch_size, device, dtype=dtypes[p]) for p in args.precision}
     info = provenance(device)
     print(f"{info['device_name']}, batch {args.batch_size}, {args.warmup_epochs} warm-up + {args.epochs} timed "
-          f"epochs of {rows[0]['steps_per_epoch']} steps, {'TF32' if args.tf32 else 'float32'}")
-    print(format_table(rows, ceiling))
-    report = {"settings": vars(args), "matmul_ceiling_tflops": ceiling / 1e12, "rows": rows, "provenance": info}
+          f"epochs of {rows[0]['steps_per_epoch']} steps{', TF32 allowed' if args.tf32 else ''}")
+    print(format_table(rows, ceilings))
+    print(f"evaluation after an epoch (train and test losses, float32): {evaluation:.2f} s")
+    report = {"settings": vars(args), "evaluation_s": evaluation,
+              "matmul_ceiling_tflops": ceilings.get("fp32", 0.0) / 1e12,
+              "matmul_ceilings_tflops": {p: c / 1e12 for p, c in ceilings.items()}, "rows": rows, "provenance": info}
     if not args.no_save:
         root = Path(args.results_dir) if args.results_dir else default_results_dir()
         slug = "".join(ch if ch.isalnum() else "-" for ch in info["device_name"]).strip("-").lower()

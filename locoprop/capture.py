@@ -23,6 +23,10 @@ pass.  Gradient accumulation (several forward/backward passes, or one backward t
 several forward passes) therefore raises instead of pairing one batch's inputs with another's
 gradients.  Forward passes that are never backpropagated (e.g. a loss computed for logging) are
 harmless.
+
+**Precision.**  The recorded tensors are kept in the dtype of the layer's weight: under
+``torch.autocast`` (bfloat16 products) they are upcast once, so that the statistics and targets the
+optimizers build from them are float32 (``Tensor.to`` is a no-op when the dtype already matches).
 """
 from __future__ import annotations
 
@@ -122,15 +126,16 @@ class LayerCapture:
             self._passes += 1
             number = self._passes
             x = inputs[0]
-            layer.inputs = x.detach().reshape(-1, x.shape[-1])
-            layer.preact = output.detach().reshape(-1, output.shape[-1])
+            dtype = module.weight.dtype  # under autocast, activations may be in a lower precision
+            layer.inputs = x.detach().reshape(-1, x.shape[-1]).to(dtype)
+            layer.preact = output.detach().reshape(-1, output.shape[-1]).to(dtype)
             layer.grad = None
             layer.forward_pass = number
 
             def record_grad(grad: Tensor) -> None:
                 layer.grad_passes.append(number)
                 if number == layer.forward_pass:
-                    layer.grad = grad.reshape(-1, grad.shape[-1])
+                    layer.grad = grad.reshape(-1, grad.shape[-1]).to(dtype)
 
             output.register_hook(record_grad)
 

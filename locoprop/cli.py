@@ -7,6 +7,7 @@ with 130 and is resumed by running the same command again.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from typing import Any
@@ -73,6 +74,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sizes", type=_int_list, help="autoencoder widths, e.g. 64,32,8,32,64")
     p.add_argument("--activation", default="tanh", choices=("tanh", "relu", "sigmoid"))
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: the profile's)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="fp32 (the reference) or bf16 matrix products (default: fp32)")
     p.add_argument("--results-dir", help="default: data/results of the project")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -104,6 +107,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", action="append", type=_key_value, default=[], metavar="KEY=V1,V2,...",
                    help="an axis of the grid (repeatable): a hyper-parameter (lr, damping ...) or a run field (epochs ...)")
     p.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated seeds (default: 0)")
+    p.add_argument("--tuned", action="store_true",
+                   help="start from each optimizer's tuned setting (the winner of its finished trials, "
+                        "see `tune`); --hparam and --grid values override it")
     _add_common(p)
 
     p = sub.add_parser("tune", help="run the documented tuning grid of each optimizer, or its finalists",
@@ -137,7 +143,7 @@ def _base_config(args: argparse.Namespace, optimizer: str, seed: int):
         optimizer=optimizer, dataset=args.dataset, profile=args.profile, hparams=hparams, sizes=args.sizes,
         activation=args.activation, epochs=args.epochs, batch_size=args.batch_size,
         warmup_epochs=args.warmup_epochs, seed=seed, device=args.device, subset=args.subset,
-        results_dir=args.results_dir,
+        results_dir=args.results_dir, precision=args.precision,
     )
 
 
@@ -202,33 +208,32 @@ def _cmd_sweep(args) -> int:
     configs = []
     for name in names:
         for seed in args.seeds:
-            configs += grid(_base_config(args, name, seed), **axes)
+            base = _base_config(args, name, seed)
+            if args.tuned:
+                base = dataclasses.replace(base, hparams={**_tuned_setting(base), **base.hparams})
+            configs += grid(base, **axes)
     _report(sweep(configs, processes=args.processes, progress=not args.quiet))
     return 0
 
 
+def _tuned_setting(base) -> dict:
+    """The winner of ``base.optimizer``'s finished trials (its profile, dataset and full-protocol settings)."""
+    from .tuning import tuned
+
+    found = tuned(dataclasses.replace(base, epochs=None, warmup_epochs=None, precision="fp32", hparams={}))
+    if found.setting is None:
+        raise ValueError(f"--tuned: the trials of {base.optimizer} are not finished ({len(found.trials)} of "
+                         f"{found.budget}); run `python -m locoprop tune --optimizer {base.optimizer} "
+                         f"--profile {base.profile} --dataset {base.dataset or 'DATASET'}` first")
+    return dict(found.setting)
+
+
 def _cmd_tune(args) -> int:
     """Every optimizer's trials first; then, with --finalists, the winners with the full protocol, seed by seed."""
-    from .runner import sweep
-    from .tuning import best_setting, edge_of_grid, finalist_configs, grid_configs
+    from .tuning import tune
 
-    names = _optimizer_names(args)
-    bases = {name: _base_config(args, name, 0) for name in names}
-    for base in bases.values():  # every configuration is checked before anything trains
-        grid_configs(base)[0].resolve()
-    trials = {name: sweep(grid_configs(base), processes=args.processes, progress=not args.quiet)
-              for name, base in bases.items()}
-    results = [r for runs in trials.values() for r in runs]
-    if args.finalists:
-        best = {name: best_setting(runs) for name, runs in trials.items()}
-        for name, setting in best.items():
-            edge = edge_of_grid(name, setting)
-            print(f"{name}: best trial {json.dumps(setting, sort_keys=True)}"
-                  + (f" (on the edge of its grid in {', '.join(edge)})" if edge else ""))
-        for seed in args.seeds:
-            configs = [c for name in names for c in finalist_configs(bases[name], best[name], [seed])]
-            results += sweep(configs, processes=args.processes, progress=not args.quiet)
-    _report(results)
+    bases = [_base_config(args, name, 0) for name in _optimizer_names(args)]
+    _report(tune(bases, args.seeds if args.finalists else (), processes=args.processes, progress=not args.quiet))
     return 0
 
 

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ACTIVATIONS", "PAPER_SIZES", "deep_autoencoder", "mlp", "glorot_uniform_", "reconstruction_loss", "squared_error"]
+__all__ = ["ACTIVATIONS", "PAPER_SIZES", "deep_autoencoder", "entropy_floor", "glorot_uniform_", "mean_image_loss", "mlp",
+           "reconstruction_loss", "squared_error"]
 
 PAPER_SIZES = (784, 1000, 500, 250, 30, 250, 500, 1000, 784)
 _ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid}
@@ -83,3 +84,26 @@ def reconstruction_loss(logits: Tensor, x: Tensor) -> Tensor:
 def squared_error(logits: Tensor, x: Tensor) -> Tensor:
     r"""Per-pixel squared error of the reconstruction :math:`\sigma(z)`: :math:`\mathrm{mean}\,(\sigma(z) - x)^2`."""
     return (torch.sigmoid(logits) - x).square().mean()
+
+
+@torch.no_grad()
+def entropy_floor(x: Tensor) -> float:
+    r"""The lowest possible :func:`reconstruction_loss` on ``x``: the summed pixel entropy, in nats per image.
+
+    :math:`\frac1B\sum_b\sum_i H(x_{bi})`, :math:`H(p) = -p\log p - (1-p)\log(1-p)` (:math:`0\log 0 = 0`),
+    reached when :math:`\sigma(z) = x` exactly; computed in float64.
+    """
+    p = x.double()
+    return float(-(torch.special.xlogy(p, p) + torch.special.xlogy(1 - p, 1 - p)).sum() / x.shape[0])
+
+
+@torch.no_grad()
+def mean_image_loss(x: Tensor, mean: Tensor | None = None) -> float:
+    r""":func:`reconstruction_loss` of predicting the same image for every input, by default the mean image of ``x``.
+
+    The best input-independent output: an autoencoder stuck here has learnt nothing about its input.
+    Computed in float64 with the mean clamped to :math:`[10^{-12}, 1-10^{-12}]`.
+    """
+    p = x.double()
+    m = (p.mean(dim=0) if mean is None else mean.double()).clamp(1e-12, 1 - 1e-12)
+    return float(-(p * m.log() + (1 - p) * torch.log1p(-m)).sum() / x.shape[0])

@@ -17,7 +17,7 @@ import pandas as pd
 __all__ = ["COLUMNS", "ResultsError", "frame", "load_results", "load_runs", "summary", "time_to_target"]
 
 RUN_COLUMNS = ("run_id", "profile", "dataset", "optimizer", "seed", "hparams", "status", "diverged_epoch",
-               "device", "git_commit")
+               "device", "git_commit", "precision")
 RECORD_COLUMNS = ("epoch", "train_loss", "test_loss", "train_squared_error", "test_squared_error",
                   "epoch_time", "train_time", "lr")
 COLUMNS = RUN_COLUMNS[:6] + RECORD_COLUMNS + RUN_COLUMNS[6:]
@@ -37,6 +37,7 @@ def frame(payloads: Iterable[dict[str, Any]]) -> pd.DataFrame:
             "optimizer": cfg["optimizer"], "seed": cfg["seed"], "hparams": json.dumps(cfg["hparams"], sort_keys=True),
             "status": doc["status"], "diverged_epoch": doc["diverged_epoch"],
             "device": prov.get("device_name", prov.get("device")), "git_commit": prov.get("git_commit"),
+            "precision": cfg.get("precision", "fp32"),
         }
         rows.extend({**run, **{k: rec.get(k) for k in RECORD_COLUMNS}} for rec in doc["records"])
     df = pd.DataFrame(rows, columns=list(COLUMNS))
@@ -110,15 +111,17 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     return best.sort_values(["profile", "dataset", "rank_key"])[out_cols].reset_index(drop=True)
 
 
-def time_to_target(df: pd.DataFrame, reference: str = "rmsprop") -> pd.DataFrame:
-    """Per (profile, dataset, optimizer), its best setting's time to reach ``reference``'s final train loss.
+def time_to_target(df: pd.DataFrame, reference: str = "rmsprop", target: float | None = None,
+                   time_column: str = "train_time") -> pd.DataFrame:
+    """Per (profile, dataset, optimizer), its best setting's time to reach a training-loss target.
 
-    The target is the final train loss (mean over seeds) of the best setting of ``reference`` (by
-    :func:`summary`).  For every optimizer's best setting and seed, the first epoch whose train
-    loss is at or below the target gives the epoch and the cumulative training time (evaluation
-    excluded); both are averaged over the seeds that reach it.  NaN where no seed reaches it.
-    Columns: the key, ``target``, ``epochs_to_target``, ``time_to_target``, ``seeds_reaching``,
-    ``seeds``, ``speedup`` (the reference's time over this optimizer's).
+    The target is ``target`` when given, else the final train loss (mean over seeds) of the best
+    setting of ``reference`` (by :func:`summary`).  For every optimizer's best setting and seed, the
+    first epoch whose train loss is at or below the target gives the epoch and the cumulative
+    training time ``time_column`` (evaluation excluded); both are averaged over the seeds that reach
+    it.  NaN where no seed reaches it.  Columns: the key, ``target``, ``epochs_to_target``,
+    ``time_to_target``, ``seeds_reaching``, ``seeds``, ``speedup`` (``reference``'s time over this
+    optimizer's; NaN without a reference that reaches the target).
     """
     key = ["profile", "dataset", "optimizer"]
     cols = key + ["target", "epochs_to_target", "time_to_target", "seeds_reaching", "seeds", "speedup"]
@@ -126,20 +129,19 @@ def time_to_target(df: pd.DataFrame, reference: str = "rmsprop") -> pd.DataFrame
     rows = []
     for (profile, dataset), group in best.groupby(["profile", "dataset"], sort=False):
         ref = group[group["optimizer"] == reference]
-        if ref.empty:
+        if target is None and ref.empty:
             continue
-        target = float(ref["final_train_loss"].iloc[0])
+        level = float(ref["final_train_loss"].iloc[0]) if target is None else float(target)
         for _, row in group.iterrows():
             runs = df[(df["profile"] == profile) & (df["dataset"] == dataset) & (df["optimizer"] == row["optimizer"])
                       & (df["hparams"] == row["hparams"]) & (df["epoch"] > 0)]
-            hits = runs[runs["train_loss"] <= target].sort_values("epoch").groupby("run_id").head(1)
-            rows.append({"profile": profile, "dataset": dataset, "optimizer": row["optimizer"], "target": target,
+            hits = runs[runs["train_loss"] <= level].sort_values("epoch").groupby("run_id").head(1)
+            rows.append({"profile": profile, "dataset": dataset, "optimizer": row["optimizer"], "target": level,
                          "epochs_to_target": hits["epoch"].mean() if len(hits) else float("nan"),
-                         "time_to_target": hits["train_time"].mean() if len(hits) else float("nan"),
+                         "time_to_target": hits[time_column].mean() if len(hits) else float("nan"),
                          "seeds_reaching": len(hits), "seeds": runs["run_id"].nunique()})
     out = pd.DataFrame(rows, columns=cols[:-1])
     ref_time = out[out["optimizer"] == reference].set_index(["profile", "dataset"])["time_to_target"]
     out["speedup"] = [ref_time.get((p, d), float("nan")) / t if t else float("nan")
                       for p, d, t in zip(out["profile"], out["dataset"], out["time_to_target"])]
     return out.sort_values(key[:2] + ["time_to_target"]).reset_index(drop=True)
-

@@ -39,7 +39,11 @@ A run with ``exits`` (the tuning trials' early exits) is *abandoned* at the firs
 with a rule ``(from_epoch, threshold)``, ``e >= from_epoch``, whose best train loss so far exceeds
 ``threshold``; ``diverged_epoch`` is the epoch at which a diverged or abandoned run stopped.
 
-``precision`` names the arithmetic of the run (``"fp32"``, the reference) and is part of its id.
+``precision`` names the arithmetic of the run and is part of its id: ``"fp32"`` (the reference) or
+``"bf16"``: the training forward and backward passes under ``torch.autocast`` with bfloat16 matrix
+products (float32 weights, gradients, optimizer state and loss), LocoProp's local products in
+bfloat16 (:class:`~locoprop.optim.locoprop.LocoProp` ``products``); K-FAC's and Shampoo's statistics,
+inverses and roots stay float32; evaluation is always float32.
 """
 from __future__ import annotations
 
@@ -81,6 +85,7 @@ __all__ = [
     "RunResult",
     "check",
     "default_results_dir",
+    "products",
     "evaluate",
     "find_result",
     "grid",
@@ -92,7 +97,7 @@ RECORD_COLUMNS = (
     "epoch", "train_loss", "test_loss", "train_squared_error", "test_squared_error", "epoch_time", "train_time", "lr",
 )
 EVAL_CHUNK = 10_000
-PRECISIONS = ("fp32",)
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -352,6 +357,17 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def products(precision: str, device: torch.device):
+    """The context of a training forward pass: bfloat16 matrix products (``torch.autocast``) for ``"bf16"``.
+
+    Weights, gradients and optimizer state stay float32; the loss is taken in float32 from the
+    logits; evaluation always runs in float32.
+    """
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def sync(device: torch.device) -> None:
     """Wait for the device's queued work (CUDA), so that wall-clock timings are honest."""
     if device.type == "cuda":
@@ -385,7 +401,7 @@ def _build(cfg: RunConfig, device: torch.device):
     hparams = dict(cfg.hparams)
     lr = hparams.pop("lr")
     try:
-        opt = make_optimizer(cfg.optimizer, model, lr=lr, **hparams)
+        opt = make_optimizer(cfg.optimizer, model, lr=lr, precision=cfg.precision, **hparams)
     except TypeError as err:
         raise ValueError(f"invalid hyper-parameters {cfg.hparams} for {cfg.optimizer}: {err}") from None
     return model, opt
@@ -403,9 +419,11 @@ def check(config: RunConfig) -> RunConfig:
     with torch.random.fork_rng(devices=[]):
         try:
             model = deep_autoencoder(tuple(min(s, 4) for s in cfg.sizes), cfg.activation, seed=0)
-            opt = make_optimizer(cfg.optimizer, model, lr=lr, **hparams)
+            opt = make_optimizer(cfg.optimizer, model, lr=lr, precision=cfg.precision, **hparams)
             x = torch.rand(8, model[0].in_features, generator=torch.Generator().manual_seed(0))
-            loss = reconstruction_loss(model(x), x)
+            with products(cfg.precision, torch.device("cpu")):
+                logits = model(x)
+            loss = reconstruction_loss(logits.float(), x)
             loss.backward()
             opt.step((lambda: reconstruction_loss(model(x), x).detach()) if getattr(opt, "needs_loss_closure", False)
                      else None)
@@ -524,7 +542,9 @@ def _train(cfg: RunConfig, paths: dict[str, Path], progress: bool, callback) -> 
             xb = train[perm[i * batch:(i + 1) * batch]]
             lr = opt.param_groups[0]["lr"]
             opt.zero_grad(set_to_none=True)
-            loss = reconstruction_loss(model(xb), xb)
+            with products(cfg.precision, device):
+                logits = model(xb)
+            loss = reconstruction_loss(logits.float(), xb)
             loss.backward()
             if needs_closure:
                 opt.step(closure)

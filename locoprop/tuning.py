@@ -25,10 +25,11 @@ best setting of each optimizer with the full protocol and each seed.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BUDGET", "EXITS", "GRIDS", "TRIAL_HORIZON", "best_setting", "edge_of_grid", "finalist_configs",
-           "grid_configs"]
+__all__ = ["BUDGET", "EXITS", "GRIDS", "TRIAL_HORIZON", "Tuned", "best_setting", "edge_of_grid", "finalist_configs",
+           "grid_configs", "tune", "tuned"]
 
 BUDGET = 8
 
@@ -91,3 +92,61 @@ def edge_of_grid(optimizer: str, setting: dict[str, Any]) -> list[str]:
 def finalist_configs(base, setting: dict[str, Any], seeds) -> list:
     """``base`` (the full protocol) with the tuned ``setting``, once per seed."""
     return [dataclasses.replace(base, hparams={**base.hparams, **setting}, seed=int(s)) for s in seeds]
+
+
+@dataclass
+class Tuned:
+    """What the trials on disk say about one optimizer: its trials, the winner, and whether the grid is done."""
+
+    optimizer: str
+    trials: list            # RunResult of every finished trial, in grid order
+    budget: int             # trials in the grid
+    setting: dict[str, Any] | None  # the winner's hyper-parameters (None while the grid is unfinished)
+    edge: list[str]         # hyper-parameters of the winner at the edge of their grid axis
+
+    @property
+    def complete(self) -> bool:
+        return len(self.trials) == self.budget
+
+
+def tuned(base) -> Tuned:
+    """The tuning of ``base.optimizer`` as found on disk (nothing is trained).
+
+    The winner is only named once every trial of the grid has finished, since a missing trial could
+    still win.
+    """
+    from .runner import find_result
+
+    configs = grid_configs(base)
+    trials = [r for r in (find_result(c) for c in configs) if r is not None]
+    done = len(trials) == len(configs) and any(r.status == "completed" for r in trials)
+    setting = best_setting(trials) if done else None
+    return Tuned(base.optimizer, trials, len(configs), setting, edge_of_grid(base.optimizer, setting) if setting else [])
+
+
+def tune(bases, seeds=(), processes: int = 1, progress: bool = True, report=print) -> list:
+    """Run the trials of every base configuration, then the winners with the full protocol, seed by seed.
+
+    ``bases``: one :class:`~locoprop.runner.RunConfig` per optimizer (the full protocol: profile,
+    dataset, device ...).  Every trial and finalist is checked before anything trains; finished runs
+    are loaded, not retrained, so calling this again continues where it stopped.  ``report`` gets a
+    line per optimizer naming its winner.  Returns the results of the trials and of the finalists.
+    """
+    from .runner import check, sweep
+
+    bases = list(bases)
+    for base in bases:
+        check(grid_configs(base)[0])
+        check(base)
+    trials = {base.optimizer: sweep(grid_configs(base), processes=processes, progress=progress) for base in bases}
+    results = [r for runs in trials.values() for r in runs]
+    if not seeds:
+        return results
+    best = {name: best_setting(runs) for name, runs in trials.items()}
+    for name, setting in best.items():
+        edge = edge_of_grid(name, setting)
+        report(f"{name}: best trial {setting}" + (f" (on the edge of its grid in {', '.join(edge)})" if edge else ""))
+    for seed in seeds:
+        configs = [c for base in bases for c in finalist_configs(base, best[base.optimizer], [seed])]
+        results += sweep(configs, processes=processes, progress=progress)
+    return results

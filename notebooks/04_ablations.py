@@ -29,14 +29,15 @@
 # All runs go through `locoprop.runner`; finished runs are loaded from their result files under
 # `data/results/<profile>/` rather than retrained.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "remove-cell"]
 profile = "smoke"
 dataset = "digits"
 device = "cpu"
 seeds = [0]
 results_dir = None
 
-# %%
+# %% tags=["hide-input"]
+import dataclasses
 import json
 
 import matplotlib.pyplot as plt
@@ -44,6 +45,7 @@ import pandas as pd
 import seaborn as sns
 from IPython.display import Markdown, display
 
+from locoprop.optim.locoprop import step_sum
 from locoprop.plotting import PALETTE, log_loss_axis, log_x_axis
 from locoprop.results import load_runs
 from locoprop.runner import PROFILES, RunConfig, grid, sweep
@@ -63,8 +65,15 @@ INNER_COLORS = dict(zip(INNER_LABELS.values(), sns.color_palette("Set2", 3)))
 base = {name: RunConfig(optimizer=name, dataset=dataset, profile=profile, device=device, results_dir=results_dir)
         for name in VARIANTS}
 
+def same_total_step(name, T):
+    """``base[name]`` with T local iterations and ν rescaled so that ν·Σ_j max(1 − j/T, 0.25) stays that of T = 10."""
+    lr = base[name].resolve().hparams["lr"] * step_sum(10) / step_sum(T)
+    return [dataclasses.replace(c, hparams={**c.hparams, "lr": lr}) for c in grid(base[name], local_iters=T, seed=seeds)]
+
+
 ablations = {
     "local iterations T": [c for name in VARIANTS for c in grid(base[name], local_iters=LOCAL_ITERS, seed=seeds)],
+    "local iterations T, same total step": [c for name in VARIANTS for T in LOCAL_ITERS for c in same_total_step(name, T)],
     "activation learning rate γ": [c for name in VARIANTS for c in grid(base[name], gamma=GAMMAS, seed=seeds)],
     "inner optimizer": [c for inner, lrs in INNER_LRS.items()
                         for c in grid(base["locoprop-m"], inner=inner, lr=lrs, seed=seeds)],
@@ -78,13 +87,13 @@ if profile == "smoke":
         f"Trends at this scale need not carry over to the paper's setting."
     ))
 
-# %%
+# %% tags=["hide-input"]
 # NBVAL_IGNORE_OUTPUT
 results = sweep([c for configs in ablations.values() for c in configs], progress=False)
 print(f"{len(results)} runs: {sum(not r.skipped for r in results)} trained now, "
       f"{sum(r.skipped for r in results)} loaded from their result files")
 
-# %%
+# %% tags=["hide-input"]
 def runs_of(configs):
     """Per-epoch records of ``configs`` (from their result files) with their hyper-parameters as columns."""
     df = load_runs(configs)
@@ -120,11 +129,13 @@ def show(table):
 # %% [markdown]
 # ## 1. Number of local iterations $T$
 
-# %%
+# %% tags=["hide-input"]
 t_runs = runs_of(ablations["local iterations T"])
 t_final = final(t_runs, ["variant", "hp_local_iters"])
-fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-sns.lineplot(data=t_final, x="hp_local_iters", y="final_train_loss", hue="variant", marker="o", ax=axes[0],
+t_same = final(runs_of(ablations["local iterations T, same total step"]), ["variant", "hp_local_iters"])
+both = pd.concat([t_final.assign(ν="fixed ν"), t_same.assign(ν="ν·Σ fixed")])
+fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+sns.lineplot(data=both, x="hp_local_iters", y="final_train_loss", hue="variant", style="ν", marker="o", ax=axes[0],
              palette=VARIANT_COLORS)
 sns.lineplot(data=t_runs[t_runs["variant"] == "LocoProp-M"], x="epoch", y="train_loss", hue="hp_local_iters",
              palette="viridis", ax=axes[1], errorbar=None, legend="full")
@@ -139,17 +150,22 @@ plt.show()
 
 # %% [markdown]
 # **Figure 1.** Left: final training loss (after the last epoch) against the number $T$ of local
-# iterations per step (log scale), for LocoProp-S and LocoProp-M. Right: LocoProp-M's training
-# loss per epoch for each $T$. Each step costs one forward and one backward pass plus $T$ local
-# iterations per layer (the time per epoch is in the table below).
+# iterations per step (log scale), for LocoProp-S and LocoProp-M, one seed. Changing $T$ also
+# changes the total step: local step $j$ uses $\nu\max(1 - j/T, 0.25)$, so a step moves the weights
+# by about $\nu\sum_{j<T}\max(1 - j/T, 0.25)$ (1, 1.5, 3.05, 5.7, 11 for $T$ = 1, 2, 5, 10, 20) times
+# the local gradient. Solid lines keep $\nu$ fixed (the two effects confounded); dashed lines rescale
+# $\nu$ so that this sum stays that of $T = 10$, which isolates the effect of more local iterations
+# at the same total step. Right: LocoProp-M's training loss per epoch for each $T$ at fixed $\nu$.
+# Each step costs one forward and one backward pass plus $T$ local iterations per layer (the time
+# per epoch is in the table below).
 
-# %%
-show(t_final.rename(columns={"hp_local_iters": "T"}).set_index(["variant", "T"]))
+# %% tags=["hide-input"]
+show(both.rename(columns={"hp_local_iters": "T"}).set_index(["variant", "ν", "T"]).sort_index())
 
 # %% [markdown]
 # ## 2. Activation learning rate $\gamma$
 
-# %%
+# %% tags=["hide-input"]
 g_runs = runs_of(ablations["activation learning rate γ"])
 g_final = final(g_runs, ["variant", "hp_gamma"])
 fig, ax = plt.subplots(figsize=(6, 4))
@@ -169,13 +185,13 @@ plt.show()
 # the targets move: for LocoProp-S through RMSProp's $\epsilon$ and initial state, for LocoProp-M
 # also through the saturation of the transfer functions.
 
-# %%
+# %% tags=["hide-input"]
 show(g_final.rename(columns={"hp_gamma": "γ"}).set_index(["variant", "γ"]))
 
 # %% [markdown]
 # ## 3. Inner optimizer of LocoProp-M
 
-# %%
+# %% tags=["hide-input"]
 i_runs = runs_of(ablations["inner optimizer"])
 i_runs["inner optimizer"] = i_runs["hp_inner"].map(INNER_LABELS)
 i_final = final(i_runs, ["inner optimizer", "lr_inner"])
@@ -207,5 +223,37 @@ plt.show()
 # optimizer's best $\nu$ is the largest one tried, a larger one may do better still: the grids are
 # small, to keep the ablation cheap.
 
-# %%
+# %% tags=["hide-input"]
 show(i_final.rename(columns={"lr_inner": "ν"}).set_index(["inner optimizer", "ν"]))
+
+# %% [markdown]
+# ## 4. Precision: bfloat16 against float32, at the paper's scale
+#
+# `--precision bf16` takes the matrix products of the forward and backward passes (and LocoProp's
+# local products) in bfloat16, with float32 weights, optimizer state and accumulation. Does it change
+# the curves? Each optimizer with its tuned setting trains 10 epochs of the paper protocol (1
+# warm-up epoch, then linear decay; Fashion-MNIST, seed 0) once in float32 and once in bfloat16, and
+# the relative difference of the final training loss is compared with 0.5 %, the limit under which
+# this package offers bfloat16 for an optimizer (`locoprop.precision`).
+
+# %% tags=["hide-input"]
+from locoprop.precision import CHECK, TOLERANCE, check_configs
+
+check_dataset = dataset if profile == "paper" else "fashion-mnist"
+configs = check_configs(check_dataset, device=device if profile == "paper" else "cpu", results_dir=results_dir)
+if profile == "paper":
+    sweep(configs, progress=False)
+check = load_runs(configs)
+if check.empty:
+    print("no precision-check runs yet: `python -m locoprop sweep --tuned --profile paper --dataset fashion-mnist "
+          f"--optimizer ... --epochs {CHECK['epochs']} --warmup-epochs {CHECK['warmup_epochs']} --grid precision=fp32,bf16`")
+else:
+    last = check.sort_values("epoch").groupby("run_id").tail(1)
+    table = last.pivot_table(index="optimizer", columns="precision", values="train_loss")
+    rel = (table["bf16"] - table["fp32"]) / table["fp32"]
+    display(pd.DataFrame({
+        "fp32 final train loss": table["fp32"].map(lambda v: f"{v:.3f}"),
+        "bf16 final train loss": table["bf16"].map(lambda v: f"{v:.3f}"),
+        "relative difference": rel.map(lambda v: f"{v:+.3%}"),
+        f"within {TOLERANCE:.1%}": rel.abs().map(lambda v: "yes" if v <= TOLERANCE else "no"),
+    }))

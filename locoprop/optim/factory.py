@@ -67,22 +67,29 @@ def default_lr(name: str) -> float:
 
 
 def make_optimizer(
-    name: str, model: nn.Module, lr: float | None = None, output_activation: str = "sigmoid", **hparams: Any
+    name: str, model: nn.Module, lr: float | None = None, output_activation: str = "sigmoid",
+    precision: str = "fp32", **hparams: Any
 ) -> torch.optim.Optimizer:
     """The optimizer called ``name`` for ``model`` (see the module docstring for the names).
 
     ``output_activation`` is the transfer function the loss applies to the model's output; the
-    layerwise optimizers (LocoProp, K-FAC) use it for the last layer.  Other keyword arguments go
-    to the optimizer's constructor.
+    layerwise optimizers (LocoProp, K-FAC) use it for the last layer.  ``precision`` is the run's
+    (``"fp32"`` or ``"bf16"``, see :mod:`locoprop.runner`): with ``"bf16"`` LocoProp takes its local
+    products in bfloat16 too; the other optimizers keep their own arithmetic in float32.  Other
+    keyword arguments go to the optimizer's constructor.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"unknown precision {precision!r}: choose fp32 or bf16")
     lr = default_lr(name) if lr is None else lr
     if name in _FIRST_ORDER:
         cls, fixed = _FIRST_ORDER[name]
         return cls(model.parameters(), lr=lr, **{**fixed, **hparams})
     if name.startswith("locoprop"):
         variant = name[-1].upper()
+        if precision == "bf16":
+            hparams.setdefault("products", "bfloat16")
         return LocoProp(model, lr=lr, variant=variant, output_activation=output_activation, **hparams)
     if name == "kfac":
         return _second_order("kfac")(model, lr=lr, output_activation=output_activation, **hparams)

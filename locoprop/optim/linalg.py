@@ -39,13 +39,15 @@ def _finite(x: Tensor, dims: int) -> Tensor:
 def eigh_with_retry(mats: Tensor, retry_float64: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     r"""Batched symmetric eigendecomposition :math:`M = Q\,\mathrm{diag}(\lambda)\,Q^\top` that does not raise.
 
-    ``mats`` is (batch, n, n).  Non-finite inputs are replaced by :math:`I` and flagged; a float32
-    ``torch.linalg.eigh`` failure is retried in float64 (if ``retry_float64``).  Returns
-    ``(eigenvalues, eigenvectors, ok)`` in the input dtype, where ``ok`` (batch,) is False for
-    matrices whose decomposition failed or is not finite: the caller must not use those.
+    ``mats`` is (batch, n, n); only its lower triangle is read (as ``torch.linalg.eigh`` does), so a
+    product like :math:`X^\top X` needs no symmetrisation.  Non-finite inputs are replaced by
+    :math:`I` and flagged; a float32 ``torch.linalg.eigh`` failure is retried in float64 (if
+    ``retry_float64``).  Returns ``(eigenvalues, eigenvectors, ok)`` in the input dtype, where ``ok``
+    (batch,) is False for matrices whose decomposition failed or is not finite: the caller must not use
+    those.  When nothing fails, the cost is that of one ``eigh`` plus elementwise checks.
     """
     finite_in = _finite(mats, 2)
-    sym = torch.where(finite_in[:, None, None], 0.5 * (mats + mats.transpose(-1, -2)), _eye_like(mats))
+    sym = torch.where(finite_in[:, None, None], mats, _eye_like(mats))
     try:
         vals, vecs = torch.linalg.eigh(sym)
     except torch.linalg.LinAlgError:
@@ -87,22 +89,21 @@ def damped_cholesky_inverse(
 ) -> Tensor:
     r"""Batched :math:`(M_i + s_i I)^{-1}` by Cholesky, never non-finite.
 
-    ``mats`` (batch, n, n) symmetric PSD, ``shifts`` (batch,).  Matrices whose float32 factorisation
-    fails are refactorised in float64 (``retry_float64``; this needs one host check of the failure
-    flags); those that still fail, or give non-finite inverses, get ``previous`` (default identity).
+    ``mats`` (batch, n, n) symmetric PSD (only the lower triangle is read), ``shifts`` (batch,).  The
+    inverse is ``torch.cholesky_inverse`` of the factor (LAPACK ``potri``: no triangular solve against
+    the identity, half the work).  Matrices whose float32 factorisation fails are refactorised in
+    float64 (``retry_float64``; this needs one host check of the failure flags); those that still fail,
+    or give non-finite inverses, get ``previous`` (default identity).
     """
     eye = torch.eye(mats.shape[-1], dtype=mats.dtype, device=mats.device)
-    damped = 0.5 * (mats + mats.transpose(-1, -2)) + shifts[:, None, None] * eye
+    damped = mats + shifts[:, None, None] * eye
 
     def attempt(m: Tensor) -> tuple[Tensor, Tensor]:
-        # M = C C^T, M^{-1} = C^{-T} C^{-1}; failed factors are swapped for I first so that the
-        # triangular solve (which, unlike cholesky_inverse, does no error check) stays finite.
+        # Failed factors are swapped for I first, so that cholesky_inverse only sees valid factors.
         chol, info = torch.linalg.cholesky_ex(m)
-        eye_m = torch.eye(m.shape[-1], dtype=m.dtype, device=m.device)
-        chol = torch.where((info == 0)[:, None, None], chol, eye_m)
-        chol_inv = torch.linalg.solve_triangular(chol, eye_m.expand_as(m), upper=False)
-        inv = chol_inv.transpose(-1, -2) @ chol_inv
-        ok = (info == 0) & torch.isfinite(inv).flatten(-2).all(-1)
+        chol = torch.where((info == 0)[:, None, None], chol, torch.eye(m.shape[-1], dtype=m.dtype, device=m.device))
+        inv = torch.cholesky_inverse(chol)
+        ok = (info == 0) & _finite(inv, 2)
         return inv.to(mats.dtype), ok
 
     inv, ok = attempt(damped)

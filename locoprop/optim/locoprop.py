@@ -15,6 +15,15 @@ plus, optionally, the proximal term :math:`\tfrac1{2\eta}\|\bar W - \bar W^t\|^2
 :math:`\nabla_{\bar W} = \delta^\top\bar X + \eta^{-1}(\bar W - \bar W^t)` with :math:`\delta = \hat A - \tilde A`
 (S) or :math:`f(\hat A) - Y^\dagger` (M), so the first local gradient is exactly :math:`\gamma\nabla_{\bar W}\mathcal L`.
 Local step :math:`j = 0..T-1` uses the learning rate :math:`\nu\max(1 - j/T, \text{lr\_floor})`.
+
+**Precision of the local products** (``products``).  ``"float32"`` recomputes
+:math:`\hat A = \bar X\bar W^\top` at every local iteration.  ``"bfloat16"`` computes the two products
+of an iteration in bfloat16 with float32 accumulation, and :math:`\hat A` as
+:math:`A + \bar X(\bar W - \bar W^t)^\top`: the recorded float32 :math:`A` plus a bfloat16 product of the
+(small) displacement only.  Recomputing :math:`\hat A` in bfloat16 would bury :math:`\gamma G` (about
+:math:`10^{-2}` of :math:`A` at the paper's settings) in rounding noise of relative size
+:math:`2^{-8}`; with the displacement form the first residual is exactly :math:`\gamma G`, as in float32.
+Weights, gradients, targets and the inner optimizer's state stay float32.
 """
 from __future__ import annotations
 
@@ -37,9 +46,12 @@ __all__ = [
     "local_iterates",
     "implicit_m",
     "replay_local_iterations",
+    "step_sum",
 ]
 
 VARIANTS = ("M", "S")
+#: Precision of the local products -> the dtype they are taken in (None: the weights' own).
+PRODUCTS: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16}
 INNER_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "tf-rmsprop": TFRMSProp,
     "sgd": torch.optim.SGD,
@@ -47,6 +59,16 @@ INNER_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "rmsprop": torch.optim.RMSprop,
     "adagrad": torch.optim.Adagrad,
 }
+
+
+def step_sum(local_iters: int, lr_floor: float = 0.25) -> float:
+    r""":math:`\sum_{j<T}\max(1 - j/T, \text{lr\_floor})`: the sum of a step's local learning-rate factors.
+
+    With plain gradient descent and a small :math:`\nu`, a step moves the weights by about
+    :math:`\nu\gamma\,\text{step\_sum}(T)` times the BackProp gradient, so changing :math:`T` also changes
+    the total step size unless :math:`\nu` is rescaled by ``step_sum(T_0) / step_sum(T)``.
+    """
+    return float(sum(max(1.0 - j / local_iters, lr_floor) for j in range(local_iters)))
 
 
 def local_target(variant: str, transfer: Transfer, preact: Tensor, grad: Tensor, gamma: float) -> Tensor:
@@ -249,6 +271,8 @@ class LocoProp(torch.optim.Optimizer):
         eta: weight :math:`\eta` of the proximal term :math:`\tfrac1{2\eta}\|\bar W-\bar W^t\|^2`;
             None leaves it out (as the official code does).
         lr_floor: local step :math:`j` uses :math:`\nu\max(1 - j/T, \text{lr\_floor})`; 0.25 in the paper.
+        products: ``"float32"`` or ``"bfloat16"``: the precision of the local iterations' matrix
+            products (see the module docstring).
         output_activation: transfer function applied by the loss to the model's output (e.g.
             ``"sigmoid"`` for logits trained with sigmoid cross-entropy).
 
@@ -267,6 +291,7 @@ class LocoProp(torch.optim.Optimizer):
         eta: float | None = None,
         lr_floor: float = 0.25,
         output_activation: str | None = None,
+        products: str = "float32",
     ):
         def check(name, value, test, allowed):
             check_hparam("LocoProp", name, value, test, allowed)
@@ -278,6 +303,7 @@ class LocoProp(torch.optim.Optimizer):
         check("eta", eta, lambda v: v is None or (is_number(v) and v > 0),
               "a finite number > 0 (the proximal weight), or None to leave the proximal term out")
         check("lr_floor", lr_floor, lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]")
+        check("products", products, lambda v: v in PRODUCTS, f"one of {', '.join(PRODUCTS)}")
         check("inner_kwargs", inner_kwargs, lambda v: v is None or isinstance(v, dict), "a dict of keyword arguments or None")
         if isinstance(inner, str):
             check("inner", inner, lambda v: v in INNER_OPTIMIZERS,
@@ -286,6 +312,7 @@ class LocoProp(torch.optim.Optimizer):
         check("inner", inner, lambda v: isinstance(v, type) and issubclass(v, torch.optim.Optimizer),
               f"one of {sorted(INNER_OPTIMIZERS)} or a torch.optim.Optimizer class")
         self.variant = variant
+        self.products = products
         self.capture = LayerCapture(model, output_activation)
         groups = [{"params": layer.params} for layer in self.capture.layers]
         super().__init__(groups, dict(lr=lr, gamma=gamma, local_iters=local_iters, eta=eta, lr_floor=lr_floor))
@@ -311,15 +338,18 @@ class LocoProp(torch.optim.Optimizer):
             for layer, group in zip(layers, groups)
         ]
         global_grads = [p.grad for p in self._params()]
-        starts = [[p.detach().clone() for p in layer.params] if group["eta"] is not None else None
+        low = PRODUCTS[self.products]
+        starts = [[p.detach().clone() for p in layer.params] if group["eta"] is not None or low else None
                   for layer, group in zip(layers, groups)]
+        low_inputs = [layer.inputs.to(low) for layer in layers] if low else [None] * len(layers)
         # Local iteration j of every layer, then one inner step over all layers (one multi-tensor
         # update instead of one per layer; the layers' problems stay independent).
         for j in range(max(group["local_iters"] for group in groups)):
-            for layer, group, inner_group, target, start in zip(layers, groups, self.inner.param_groups, targets, starts):
+            for layer, group, inner_group, target, start, x_low in zip(
+                    layers, groups, self.inner.param_groups, targets, starts, low_inputs):
                 T = group["local_iters"]
                 if j < T:
-                    self._local_gradient(layer, target, start, group["eta"])
+                    self._local_gradient(layer, target, start, group["eta"], x_low)
                 else:  # this layer has done its T iterations
                     for p in layer.params:
                         p.grad = None
@@ -333,14 +363,26 @@ class LocoProp(torch.optim.Optimizer):
     def _params(self) -> list[nn.Parameter]:
         return [p for layer in self.capture.layers for p in layer.params]
 
-    def _local_gradient(self, layer: CapturedLayer, target: Tensor, start: list[Tensor] | None, eta: float | None) -> None:
-        r"""Set ``.grad`` of the layer's weight and bias to :math:`\delta^\top\bar X + \eta^{-1}(\bar W - \bar W^t)`."""
+    def _local_gradient(self, layer: CapturedLayer, target: Tensor, start: list[Tensor] | None, eta: float | None,
+                        x_low: Tensor | None = None) -> None:
+        r"""Set ``.grad`` of the layer's weight and bias to :math:`\delta^\top\bar X + \eta^{-1}(\bar W - \bar W^t)`.
+
+        With ``x_low`` (the inputs in the low precision of ``products``) the products are taken in that
+        precision and :math:`\hat A = A + \bar X(\bar W - \bar W^t)^\top` (``start`` holds :math:`\bar W^t`).
+        """
         module, x = layer.module, layer.inputs
-        delta = local_residual(self.variant, layer.transfer, nn.functional.linear(x, module.weight, module.bias), target)
-        module.weight.grad = delta.T @ x
+        if x_low is None:
+            preact_hat = nn.functional.linear(x, module.weight, module.bias)
+        else:
+            shift = (module.weight - start[0]).to(x_low.dtype)
+            preact_hat = layer.preact + (x_low @ shift.T).to(x.dtype)
+            if module.bias is not None:
+                preact_hat = preact_hat + (module.bias - start[1])
+        delta = local_residual(self.variant, layer.transfer, preact_hat, target)
+        module.weight.grad = delta.T @ x if x_low is None else (delta.to(x_low.dtype).T @ x_low).to(x.dtype)
         if module.bias is not None:
             module.bias.grad = delta.sum(dim=0)
-        if start is not None:
+        if start is not None and eta is not None:
             for p, p0 in zip(layer.params, start):
                 p.grad.add_(p - p0, alpha=1.0 / eta)
 

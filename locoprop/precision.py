@@ -1,0 +1,38 @@
+"""bfloat16 against float32: the check that decides where ``precision="bf16"`` is offered.
+
+``precision="bf16"`` (:func:`locoprop.runner.products`) takes the training matrix products in
+bfloat16 with float32 weights, optimizer state and accumulation.  Whether that changes the result is
+measured, per optimizer, on the paper's problem: its tuned setting (:mod:`locoprop.tuning`) trains
+:data:`CHECK` (10 epochs of the paper protocol, 1 warm-up epoch, seed 0) once in each precision, and
+bfloat16 is offered for the optimizer when the final training losses differ by at most
+:data:`TOLERANCE` (0.5 %) relative.
+
+``python -m locoprop sweep --tuned --profile paper --dataset fashion-mnist --optimizer NAME[,...]
+--epochs 10 --warmup-epochs 1 --grid precision=fp32,bf16`` runs the check; the ablation notebook
+draws it.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+__all__ = ["CHECK", "TOLERANCE", "check_configs"]
+
+CHECK = {"epochs": 10, "warmup_epochs": 1, "seed": 0}
+TOLERANCE = 0.005
+
+
+def check_configs(dataset: str = "fashion-mnist", device: str | None = None, results_dir: str | None = None) -> list:
+    """The fp32 and bf16 check runs of every optimizer whose tuning on ``dataset`` is finished."""
+    from .optim import OPTIMIZERS
+    from .runner import RunConfig
+    from .tuning import tuned
+
+    configs = []
+    for name in OPTIMIZERS:
+        base = RunConfig(optimizer=name, profile="paper", dataset=dataset, device=device, results_dir=results_dir)
+        setting = tuned(base).setting
+        if setting is None:
+            continue
+        for precision in ("fp32", "bf16"):
+            configs.append(dataclasses.replace(base, hparams=dict(setting), precision=precision, **CHECK))
+    return configs

@@ -1,0 +1,54 @@
+"""The claims table: verdicts follow the stated rules on hand-made result tables."""
+import math
+
+import pandas as pd
+import pytest
+
+from locoprop.claims import COMPARABLE, verdicts
+
+
+def finals(**losses):
+    """One row per (optimizer, seed) from ``name=[loss of seed 0, loss of seed 1, ...]``."""
+    return pd.DataFrame([{"optimizer": name.replace("_", "-"), "seed": s, "train_loss": v}
+                         for name, values in losses.items() for s, v in enumerate(values)])
+
+
+def reach(**times):
+    return pd.DataFrame([{"optimizer": name.replace("_", "-"), "target": 250.0, "time_to_target": t}
+                         for name, t in times.items()])
+
+
+def verdict_of(table, number):
+    return table.loc[table["claim"].str.startswith(f"{number}."), "verdict"].tolist()
+
+
+def test_first_order_claim_supported_mixed_or_not():
+    floor = 100.0
+    assert verdict_of(verdicts(finals(locoprop_m=[200, 201], adam=[210, 212], sgd=[250]), floor, {}), 1) == ["supported"]
+    # lower mean, but a LocoProp-M seed is above an Adam seed: mixed
+    assert verdict_of(verdicts(finals(locoprop_m=[200, 215], adam=[210, 212]), floor, {}), 1) == ["mixed"]
+    assert verdict_of(verdicts(finals(locoprop_m=[220], adam=[210]), floor, {}), 1) == ["not supported"]
+    assert verdict_of(verdicts(finals(kfac=[200]), floor, {}), 1) == ["not measured here"]
+
+
+def test_second_order_claim_compares_the_excess_over_the_floor():
+    floor = 100.0
+    best = 150.0                         # K-FAC: excess 50
+    edge = floor + COMPARABLE * (best - floor)
+    assert verdict_of(verdicts(finals(locoprop_m=[edge - 0.01], kfac=[best], shampoo=[160]), floor, {}), 2) \
+        == ["supported"]
+    assert verdict_of(verdicts(finals(locoprop_m=[edge + 0.01], kfac=[best], shampoo=[160]), floor, {}), 2) \
+        == ["not supported"]
+    table = verdicts(finals(locoprop_m=[160], kfac=[150]), floor, {})
+    assert "1.20×" in table.loc[1, "evidence"]  # (160 - 100) / (150 - 100)
+
+
+def test_wall_clock_claim_per_device_and_not_measured_without_a_gpu():
+    table = verdicts(finals(locoprop_m=[200], kfac=[190]), 100.0,
+                     {"GPU": None, "CPU": reach(locoprop_m=50.0, kfac=80.0, shampoo=math.nan)})
+    assert verdict_of(table, 3) == ["not measured here", "supported"]
+    assert "GPU" in table.loc[2, "claim"] and "CPU" in table.loc[3, "claim"]
+    slower = verdicts(finals(locoprop_m=[200]), 100.0, {"GPU": reach(locoprop_m=90.0, kfac=80.0)})
+    assert verdict_of(slower, 3) == ["not supported"]
+    never = verdicts(finals(locoprop_m=[200]), 100.0, {"GPU": reach(locoprop_m=math.nan, shampoo=80.0)})
+    assert verdict_of(never, 3) == ["not supported"]

@@ -54,7 +54,9 @@ returns the batch loss at the current parameters (no backward): ``needs_loss_clo
 **No host synchronisation** in ``step`` except, on inverse-update steps with
 ``retry_float64=True``, one check whether any float32 Cholesky failed (to decide on the float64
 retry); with ``retry_float64=False`` there is none.  Exact damping uses ``torch.linalg.eigh``, whose
-convergence check synchronises on CUDA.
+convergence check synchronises on CUDA anyway; its inverse-update steps also check on the host
+whether every factor was finite and every decomposition succeeded, and skip the masked copies
+when so.
 """
 from __future__ import annotations
 
@@ -372,9 +374,13 @@ class KFAC(torch.optim.Optimizer):
         else:
             for idx in by_shape(mats):
                 vals, vecs, ok = eigh_with_retry(torch.stack([mats[i] for i in idx]), group["retry_float64"])
+                all_ok = bool(ok.all())  # host check: eigh has synchronised already
                 for j, i in enumerate(idx):
                     key = ("A", "G")[i % 2]
                     state = states[i // 2]
+                    if all_ok:
+                        state[key + "_eigvals"], state[key + "_eigvecs"] = vals[j].clamp_min(0.0), vecs[j]
+                        continue
                     old_vals = state.get(key + "_eigvals", torch.zeros_like(vals[j]))
                     old_vecs = state.get(key + "_eigvecs", torch.eye(vals.shape[-1], dtype=vals.dtype, device=vals.device))
                     state[key + "_eigvals"] = torch.where(ok[j], vals[j].clamp_min(0.0), old_vals)

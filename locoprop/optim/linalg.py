@@ -46,8 +46,9 @@ def eigh_with_retry(mats: Tensor, retry_float64: bool = True) -> tuple[Tensor, T
     (batch,) is False for matrices whose decomposition failed or is not finite: the caller must not use
     those.  When nothing fails, the cost is that of one ``eigh`` plus elementwise checks.
     """
-    finite_in = _finite(mats, 2)
-    sym = torch.where(finite_in[:, None, None], mats, _eye_like(mats))
+    finite_in = torch.isfinite(mats.sum((-2, -1)))  # a non-finite entry makes the sum non-finite
+    all_finite = bool(finite_in.all())  # eigh checks convergence on the host anyway
+    sym = mats if all_finite else torch.where(finite_in[:, None, None], mats, _eye_like(mats))
     try:
         vals, vecs = torch.linalg.eigh(sym)
     except torch.linalg.LinAlgError:
@@ -57,7 +58,7 @@ def eigh_with_retry(mats: Tensor, retry_float64: bool = True) -> tuple[Tensor, T
             vals, vecs = (t.to(sym.dtype) for t in torch.linalg.eigh(sym.double()))
         except torch.linalg.LinAlgError:
             return sym.new_zeros(sym.shape[:-1]), _eye_like(sym).clone(), torch.zeros_like(finite_in)
-    ok = finite_in & _finite(vals, 1) & _finite(vecs, 2)
+    ok = finite_in & torch.isfinite(vals.sum(-1)) & torch.isfinite(vecs.sum((-2, -1)))
     return vals, vecs, ok
 
 

@@ -47,9 +47,9 @@ inverses and roots stay float32; evaluation is always float32.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
-import contextlib
 import io
 import itertools
 import json
@@ -58,6 +58,7 @@ import multiprocessing
 import os
 import socket
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ from tqdm import tqdm
 from . import data
 from .models import ACTIVATIONS, PAPER_SIZES, deep_autoencoder, reconstruction_loss, squared_error
 from .optim import OPTIMIZERS, default_lr, make_optimizer
+from .precision import MEASURED, TOLERANCE, bf16_offered
 from .provenance import PROJECT_ROOT, atomic_write, now
 from .provenance import provenance as make_provenance
 from .schedules import warmup_linear_decay
@@ -475,6 +477,13 @@ def run(
     done = find_result(cfg)
     if done is not None:
         return done
+    if cfg.precision == "bf16" and not bf16_offered(cfg.optimizer):
+        measured = MEASURED.get(cfg.optimizer)
+        warnings.warn(f"bf16 is not offered for {cfg.optimizer}: " + (
+            "it has not been checked against fp32" if measured is None else
+            f"its final training loss differed from fp32 by {measured:+.2%} in the check") +
+            f" (limit {TOLERANCE:.1%}, see locoprop.precision); its results may differ from the fp32 reference",
+            stacklevel=2)
     paths = cfg.paths()
     with _run_lock(paths["lock"]):
         done = find_result(cfg)  # finished by another process while this one waited for the lock

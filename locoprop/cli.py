@@ -222,8 +222,8 @@ def _tuned_setting(base) -> dict:
 
     found = tuned(dataclasses.replace(base, epochs=None, warmup_epochs=None, precision="fp32", hparams={}))
     if found.setting is None:
-        raise ValueError(f"--tuned: the trials of {base.optimizer} are not finished ({len(found.trials)} of "
-                         f"{found.budget}); run `python -m locoprop tune --optimizer {base.optimizer} "
+        raise ValueError(f"--tuned: the trials of {base.optimizer} are not finished ({len(found.trials)} done, "
+                         f"{found.pending} to go); run `python -m locoprop tune --optimizer {base.optimizer} "
                          f"--profile {base.profile} --dataset {base.dataset or 'DATASET'}` first")
     return dict(found.setting)
 

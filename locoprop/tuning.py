@@ -13,10 +13,14 @@ when its best exceeds 350 (:data:`EXITS`; the second rule cannot fire at a 5-epo
 the 784-pixel datasets 600 lies above the initial loss (about 543 = 784 ln 2) and 350 below the loss
 of predicting the mean image (about 384 on Fashion-MNIST): a dead setting costs one epoch.
 
-**Selection.**  As in the paper, the setting with the lowest final training loss wins.  The winner
-is then trained with the full protocol (100 epochs, 5 warm-up) as the optimizer's finalist, with
-seed 0 and, for the finalists compared over seeds, 1 and 2.  A winner on the edge of its grid is
-reported as such (``edge_of_grid``): it means the budget did not bracket the optimum.
+**Selection.**  As in the paper, the setting with the lowest final training loss wins.  A winner on
+the edge of a numeric axis of its grid (the smallest or largest value tried) means the grid did not
+bracket the optimum, so the search goes one step beyond it, by the same rule for every optimizer:
+the next trial is the winner with that value moved past the edge by the axis's outermost ratio
+(e.g. 1e-4 after 3e-5 and 1e-4 gives 3.33e-4), and this repeats at most :data:`MAX_EXTENSIONS` (2)
+times.  The final winner is then trained with the full protocol (100 epochs, 5 warm-up) as the
+optimizer's finalist, with seed 0 and, for the finalists compared over seeds, 1 and 2.  A winner
+still on an edge after the extensions is reported as such (:attr:`Tuned.edge`).
 
 ``python -m locoprop tune --optimizer NAME[,NAME...] --profile paper --dataset fashion-mnist``
 runs the trials (resumable, finished runs skipped); ``--finalists --seeds 0,1,2`` then trains the
@@ -25,13 +29,15 @@ best setting of each optimizer with the full protocol and each seed.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BUDGET", "EXITS", "GRIDS", "TRIAL_HORIZON", "Tuned", "best_setting", "edge_of_grid", "finalist_configs",
-           "grid_configs", "tune", "tuned"]
+__all__ = ["BUDGET", "EXITS", "GRIDS", "MAX_EXTENSIONS", "TRIAL_HORIZON", "Tuned", "best_setting", "edges", "extension",
+           "finalist_configs", "grid_configs", "trial_config", "tune", "tuned"]
 
 BUDGET = 8
+MAX_EXTENSIONS = 2
 
 #: Trial length per profile: (epochs, warm-up epochs); a profile not listed uses its own protocol.
 TRIAL_HORIZON: dict[str, tuple[int, int]] = {"paper": (5, 1)}
@@ -61,17 +67,27 @@ GRIDS: dict[str, dict[str, list[Any]]] = {
 }
 
 
+def _trial_base(base):
+    """``base`` on its profile's trial horizon, with the trials' early exits."""
+    if base.profile not in TRIAL_HORIZON:
+        return base
+    epochs, warmup = TRIAL_HORIZON[base.profile]
+    return dataclasses.replace(base, epochs=epochs, warmup_epochs=warmup, exits=EXITS.get(base.profile, ()))
+
+
 def grid_configs(base):
-    """The trials of ``base.optimizer``: ``base`` with each grid point, on the profile's trial horizon and exits."""
+    """The grid trials of ``base.optimizer``: ``base`` with each grid point, on the profile's trial horizon and exits."""
     from .runner import grid
 
     if base.optimizer not in GRIDS:
         raise ValueError(f"no tuning grid for {base.optimizer!r}: choose one of {', '.join(GRIDS)}")
-    trial = base
-    if base.profile in TRIAL_HORIZON:
-        epochs, warmup = TRIAL_HORIZON[base.profile]
-        trial = dataclasses.replace(base, epochs=epochs, warmup_epochs=warmup, exits=EXITS.get(base.profile, ()))
-    return grid(trial, **GRIDS[base.optimizer])
+    return grid(_trial_base(base), **GRIDS[base.optimizer])
+
+
+def trial_config(base, setting: dict[str, Any]):
+    """The trial of ``base.optimizer`` with hyper-parameters ``setting`` (an extension of its grid)."""
+    trial = _trial_base(base)
+    return dataclasses.replace(trial, hparams={**trial.hparams, **setting})
 
 
 def best_setting(results) -> dict[str, Any]:
@@ -83,10 +99,39 @@ def best_setting(results) -> dict[str, Any]:
     return min(finished, key=lambda r: r.final["train_loss"]).config.hparams
 
 
-def edge_of_grid(optimizer: str, setting: dict[str, Any]) -> list[str]:
-    """The hyper-parameters of ``setting`` that sit at the smallest or largest value of their grid axis."""
-    return [k for k, values in GRIDS[optimizer].items()
-            if len(values) > 1 and setting.get(k) in (min(values), max(values))]
+def _axes(optimizer: str, trials) -> dict[str, list[float]]:
+    """The values tried so far on each numeric axis of ``optimizer``'s grid (grid and extensions)."""
+    axes = {}
+    for knob, values in GRIDS[optimizer].items():
+        if len(values) > 1 and all(isinstance(v, float) for v in values):
+            axes[knob] = sorted({*values, *(r.config.hparams[knob] for r in trials)})
+    return axes
+
+
+def edges(optimizer: str, setting: dict[str, Any], trials=()) -> list[str]:
+    """The numeric hyper-parameters of ``setting`` at the smallest or largest value tried on their axis."""
+    return [k for k, values in _axes(optimizer, trials).items() if setting.get(k) in (values[0], values[-1])]
+
+
+def extension(optimizer: str, trials) -> dict[str, Any] | None:
+    """The next trial beyond the edge of the grid, or None (winner inside the grid, or extensions spent).
+
+    ``trials``: the finished trials so far (grid first, then extensions in order).  The winner's value
+    on its first edge axis moves past the edge by the ratio of the axis's two outermost values there.
+    """
+    if len(trials) - _grid_size(optimizer) >= MAX_EXTENSIONS or not any(r.status == "completed" for r in trials):
+        return None
+    best = best_setting(trials)
+    axes = _axes(optimizer, trials)
+    for knob in edges(optimizer, best, trials):
+        values = axes[knob]
+        beyond = values[0] ** 2 / values[1] if best[knob] == values[0] else values[-1] ** 2 / values[-2]
+        return {**best, knob: float(f"{beyond:.3g}")}
+    return None
+
+
+def _grid_size(optimizer: str) -> int:
+    return math.prod(len(values) for values in GRIDS[optimizer].values())
 
 
 def finalist_configs(base, setting: dict[str, Any], seeds) -> list:
@@ -96,56 +141,73 @@ def finalist_configs(base, setting: dict[str, Any], seeds) -> list:
 
 @dataclass
 class Tuned:
-    """What the trials on disk say about one optimizer: its trials, the winner, and whether the grid is done."""
+    """What the trials on disk say about one optimizer: its trials, the winner, and whether the search is done."""
 
     optimizer: str
-    trials: list            # RunResult of every finished trial, in grid order
-    budget: int             # trials in the grid
-    setting: dict[str, Any] | None  # the winner's hyper-parameters (None while the grid is unfinished)
-    edge: list[str]         # hyper-parameters of the winner at the edge of their grid axis
+    trials: list            # RunResult of every finished trial: the grid's, then the extensions
+    pending: int            # trials of the search not finished yet (grid points, or the next extension)
+    setting: dict[str, Any] | None  # the winner's hyper-parameters (None while the search is unfinished)
+    edge: list[str]         # hyper-parameters of the winner still at the edge of their axis
 
     @property
     def complete(self) -> bool:
-        return len(self.trials) == self.budget
+        return self.pending == 0
+
+    @property
+    def extensions(self) -> int:
+        return max(0, len(self.trials) - _grid_size(self.optimizer))
 
 
 def tuned(base) -> Tuned:
     """The tuning of ``base.optimizer`` as found on disk (nothing is trained).
 
-    The winner is only named once every trial of the grid has finished, since a missing trial could
-    still win.
+    The winner is only named once every trial of the search (the grid, then its extensions) has
+    finished, since a missing trial could still win.
     """
     from .runner import find_result
 
-    configs = grid_configs(base)
-    trials = [r for r in (find_result(c) for c in configs) if r is not None]
-    done = len(trials) == len(configs) and any(r.status == "completed" for r in trials)
+    found = [find_result(c) for c in grid_configs(base)]
+    trials = [r for r in found if r is not None]
+    pending = len(found) - len(trials)
+    if pending == 0:
+        while (setting := extension(base.optimizer, trials)) is not None:
+            result = find_result(trial_config(base, setting))
+            if result is None:
+                pending = 1
+                break
+            trials.append(result)
+    done = pending == 0 and any(r.status == "completed" for r in trials)
     setting = best_setting(trials) if done else None
-    return Tuned(base.optimizer, trials, len(configs), setting, edge_of_grid(base.optimizer, setting) if setting else [])
+    return Tuned(base.optimizer, trials, pending, setting, edges(base.optimizer, setting, trials) if setting else [])
 
 
 def tune(bases, seeds=(), processes: int = 1, progress: bool = True, report=print) -> list:
-    """Run the trials of every base configuration, then the winners with the full protocol, seed by seed.
+    """Run the trials of every base configuration (grids, then extensions), then the winners with the full
+    protocol, seed by seed.
 
     ``bases``: one :class:`~locoprop.runner.RunConfig` per optimizer (the full protocol: profile,
-    dataset, device ...).  Every trial and finalist is checked before anything trains; finished runs
-    are loaded, not retrained, so calling this again continues where it stopped.  ``report`` gets a
-    line per optimizer naming its winner.  Returns the results of the trials and of the finalists.
+    dataset, device ...).  Every grid trial and finalist is checked before anything trains; finished
+    runs are loaded, not retrained, so calling this again continues where it stopped.  ``report`` gets
+    a line per optimizer naming its winner.  Returns the results of the trials and of the finalists.
     """
-    from .runner import check, sweep
+    from .runner import check, run, sweep
 
     bases = list(bases)
     for base in bases:
         check(grid_configs(base)[0])
         check(base)
     trials = {base.optimizer: sweep(grid_configs(base), processes=processes, progress=progress) for base in bases}
+    for base in bases:
+        runs = trials[base.optimizer]
+        while (setting := extension(base.optimizer, runs)) is not None:
+            runs.append(run(trial_config(base, setting), progress=progress))
     results = [r for runs in trials.values() for r in runs]
     if not seeds:
         return results
     best = {name: best_setting(runs) for name, runs in trials.items()}
     for name, setting in best.items():
-        edge = edge_of_grid(name, setting)
-        report(f"{name}: best trial {setting}" + (f" (on the edge of its grid in {', '.join(edge)})" if edge else ""))
+        edge = edges(name, setting, trials[name])
+        report(f"{name}: best trial {setting}" + (f" (still on the edge of its grid in {', '.join(edge)})" if edge else ""))
     for seed in seeds:
         configs = [c for base in bases for c in finalist_configs(base, best[base.optimizer], [seed])]
         results += sweep(configs, processes=processes, progress=progress)

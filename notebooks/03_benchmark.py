@@ -121,7 +121,8 @@ if profile == "paper" and not paper.empty:  # then seeds 1 and 2 of the finalist
 have_paper = paper["optimizer"].nunique() >= 2 and "locoprop-m" in set(paper["optimizer"])
 status = pd.DataFrame([{
     "optimizer": LABELS[name],
-    "trials finished": f"{len(t.trials)} / {t.budget}",
+    "trials finished": f"{len(t.trials)}" + (f" ({t.extensions} beyond the grid)" if t.extensions else "")
+                       + (f", {t.pending} to go" if t.pending else ""),
     "tuned setting": "" if t.setting is None else ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                                                            for k, v in t.setting.items()),
     "full runs (seeds)": ",".join(str(s) for s in sorted(paper.loc[paper["optimizer"] == name, "seed"].unique())),
@@ -153,8 +154,10 @@ else:
 # (`locoprop.tuning.GRIDS`), each trial a short run of the paper protocol; the official notebook's
 # early exits abandon a trial whose best training loss exceeds 600 nats (above the initial loss) so
 # that a dead setting costs one epoch. The setting with the lowest final training loss of its trials
-# wins and is trained with the full protocol. A winner on the edge of its grid is marked: there the
-# budget did not bracket the optimum.
+# wins and is trained with the full protocol. A winner on the edge of a numeric axis of its grid
+# means that the grid did not bracket the optimum; the search then tries the next value beyond the
+# edge, by the same rule for every optimizer, at most twice. A winner still on an edge after that is
+# marked in the table.
 
 # %% tags=["hide-input"]
 epochs_per_trial, warmup_per_trial = TRIAL_HORIZON["paper"]
@@ -165,7 +168,8 @@ pd.DataFrame([{
                       for knob, values in grid.items()),
     "winner": "" if tuning[name].setting is None else ", ".join(f"{k}={v:g}" for k, v in tuning[name].setting.items()
                                                                 if isinstance(v, (int, float))),
-    "on the edge": ", ".join(tuning[name].edge),
+    "trials beyond the grid": tuning[name].extensions,
+    "still on the edge": ", ".join(tuning[name].edge),
 } for name, grid in GRIDS.items()]).set_index("optimizer")
 
 # %% tags=["hide-input"]

@@ -1,5 +1,7 @@
-"""The tuning grids: equal budgets, valid settings, and the selection rule."""
+"""The tuning grids: equal budgets, valid settings, the selection rule and the extensions beyond an edge."""
 import dataclasses
+import json
+import types
 
 import pytest
 
@@ -39,5 +41,52 @@ def test_tune_command_runs_the_grid_then_the_finalists(tmp_path, monkeypatch, ca
                  "--results-dir", str(tmp_path), "--quiet"])
     assert code == 0
     out = capsys.readouterr().out
-    assert "found finished" in out  # the best setting's seed 0 is a grid run already
-    assert len(list((tmp_path / "smoke").glob("*.json"))) == 3  # two grid points + seed 1 of the best
+    assert "found finished" in out  # the best setting's seed 0 is a trial already
+    # two grid points, one trial beyond the winning edge (0.1 -> 10, which diverges), seed 1 of the best
+    docs = [json.loads(p.read_text()) for p in (tmp_path / "smoke").glob("*.json")]
+    assert sorted((d["config"]["hparams"]["lr"], d["config"]["seed"]) for d in docs) == \
+        [(1e-3, 0), (0.1, 0), (0.1, 1), (10.0, 0)]
+    found = tuning.tuned(RunConfig(optimizer="sgd", epochs=2, subset=200, results_dir=str(tmp_path)))
+    assert found.complete and found.extensions == 1 and found.setting == {"lr": 0.1} and found.edge == []
+
+
+class Trial:
+    """A finished trial as :func:`locoprop.tuning.extension` sees it."""
+
+    def __init__(self, loss, status="completed", **hparams):
+        self.status, self.final = status, {"train_loss": loss}
+        self.config = types.SimpleNamespace(hparams=hparams)
+
+
+def test_a_winner_inside_the_grid_needs_no_extension():
+    trials = [Trial(250.0 - (lr == 2e-3) * 10, lr=lr) for lr in tuning.GRIDS["sgd"]["lr"]]
+    assert tuning.extension("sgd", trials) is None
+
+
+def test_a_winner_on_an_edge_is_extended_by_the_outermost_ratio_at_most_twice():
+    lrs = tuning.GRIDS["sgd"]["lr"]                       # 1e-3 ... 0.2: the 1-2-5 series
+    trials = [Trial(300.0 - 10 * i, lr=lr) for i, lr in enumerate(lrs)]  # the largest lr wins
+    assert tuning.extension("sgd", trials) == {"lr": 0.4}  # 0.2 * (0.2 / 0.1)
+    trials.append(Trial(200.0, lr=0.4))                   # wins again: the next one
+    assert tuning.extension("sgd", trials) == {"lr": 0.8}
+    trials.append(Trial(190.0, lr=0.8))
+    assert tuning.extension("sgd", trials) is None        # the extensions are spent
+    assert tuning.edges("sgd", {"lr": 0.8}, trials) == ["lr"]
+    low = [Trial(200.0 + 10 * i, lr=lr) for i, lr in enumerate(lrs)]  # the smallest wins
+    assert tuning.extension("sgd", low) == {"lr": 5e-4}
+
+
+def test_two_axes_extend_the_first_edge_and_keep_the_other_value():
+    grid = tuning.GRIDS["kfac"]                           # lr x damping
+    trials = [Trial(240.0 + (lr != 0.1) + (d != grid["damping"][0]), lr=lr, damping=d)
+              for lr in grid["lr"] for d in grid["damping"]]
+    lo, hi = grid["damping"][0], grid["damping"][1]
+    assert tuning.extension("kfac", trials) == {"lr": 0.1, "damping": float(f"{lo * lo / hi:.3g}")}
+
+
+def test_failed_trials_do_not_win_and_an_all_failed_grid_is_not_extended():
+    lrs = tuning.GRIDS["adam"]["lr"]
+    trials = [Trial(float("nan"), status="abandoned", lr=lr) for lr in lrs]
+    assert tuning.extension("adam", trials) is None
+    trials[0] = Trial(230.0, lr=lrs[0])
+    assert tuning.extension("adam", trials) == {"lr": float(f"{lrs[0] ** 2 / lrs[1]:.3g}")}

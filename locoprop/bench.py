@@ -7,7 +7,8 @@ step per batch (``zero_grad``, forward, loss, backward, ``opt.step``).  The trai
 the device (synthetic uniform pixels of the paper's size, 60,000 x 784, unless ``--dataset``
 names a real one).  After ``warmup_epochs`` untimed epochs, each of ``epochs`` epochs is timed on
 its own (``torch.cuda.synchronize()`` around it on CUDA) and the median is reported; evaluation
-is not part of an epoch.  For each optimizer the benchmark also reports
+is not part of an epoch.  With ``--steps-per-epoch N`` only the first N batches of each epoch are
+timed, and the reported time per epoch is the median per step times the batches of a whole epoch.  For each optimizer the benchmark also reports
 
 * the peak device memory of its epochs (CUDA only),
 * the FLOPs of one training step, counted by ``torch.utils.flop_counter.FlopCounterMode``
@@ -198,19 +199,20 @@ def benchmark(
         with FlopCounterMode(display=False) as counter:
             step(data[:batch_size])
         flops = counter.get_total_flops()
-        epoch_s = statistics.median(times)
+        step_s = statistics.median(times) / steps
         rows.append({
             "label": contender.label,
             "optimizer": contender.optimizer,
             "precision": precision,
             "hparams": contender.hparams,
-            "epoch_s": epoch_s,
-            "epoch_s_all": times,
-            "step_ms": 1e3 * epoch_s / steps,
-            "steps_per_epoch": steps,
+            "epoch_s": step_s * n_batches,  # a whole epoch, from the timed steps
+            "epoch_s_all": times,          # each timed (possibly partial) epoch
+            "step_ms": 1e3 * step_s,
+            "steps_per_epoch": steps,      # timed steps of each epoch
+            "batches_per_epoch": n_batches,
             "peak_memory_mib": None if peak is None else peak / 2**20,
             "flops_per_step": flops,
-            "tflops": flops * steps / epoch_s / 1e12,
+            "tflops": flops / step_s / 1e12,
             "final_loss": float(loss.detach()),
         })
     for row in rows:
@@ -282,7 +284,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ceilings = {p: matmul_ceiling(PAPER_SIZES, args.batch_size, device, dtype=dtypes[p]) for p in args.precision}
     info = provenance(device)
     print(f"{info['device_name']}, batch {args.batch_size}, {args.warmup_epochs} warm-up + {args.epochs} timed "
-          f"epochs of {rows[0]['steps_per_epoch']} steps{', TF32 allowed' if args.tf32 else ''}")
+          f"epochs of {rows[0]['steps_per_epoch']} steps{', TF32 allowed' if args.tf32 else ''}; epoch s: "
+          f"{rows[0]['batches_per_epoch']} steps")
     print(format_table(rows, ceilings))
     print(f"evaluation after an epoch (train and test losses, float32): {evaluation:.2f} s")
     report = {"settings": vars(args), "evaluation_s": evaluation,

@@ -333,8 +333,10 @@ if BENCH is not None:
     prov = BENCH["provenance"]
     display(Markdown(f"Measured by `python -m locoprop bench --tuned --dataset {paper_dataset}` on "
                      f"{prov.get('cpu', prov['device_name'])} ({prov.get('threads', '?')} threads), "
-                     f"torch {prov['versions']['torch']}, {prov['started'][:10]}: median of "
-                     f"{BENCH['settings']['epochs']} timed epochs of {BENCH['rows'][0]['steps_per_epoch']} steps."))
+                     f"torch {prov['versions']['torch']}, {prov['started'][:10]}: the median step of "
+                     f"{BENCH['settings']['epochs']} timed epochs of {BENCH['rows'][0]['steps_per_epoch']} steps, "
+                     f"times the {BENCH['rows'][0].get('batches_per_epoch', BENCH['rows'][0]['steps_per_epoch'])} "
+                     "batches of an epoch."))
     evaluation = BENCH.get("evaluation_s", 0.0)
 
     def hours(pairs):

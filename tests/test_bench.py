@@ -42,6 +42,10 @@ def test_rows_report_epochs_and_ratios(rows):
     for r in rows:
         assert r["steps_per_epoch"] == 4 and len(r["epoch_s_all"]) == 2
         assert r["epoch_s"] > 0 and r["tflops"] > 0 and r["peak_memory_mib"] is None  # no CUDA here
+        # a whole epoch is the median timed step times the batches of an epoch
+        step_s = sorted(r["epoch_s_all"])[0] / 4, sorted(r["epoch_s_all"])[1] / 4
+        assert r["batches_per_epoch"] * min(step_s) <= r["epoch_s"] <= r["batches_per_epoch"] * max(step_s)
+        assert r["epoch_s"] == pytest.approx(r["step_ms"] / 1e3 * r["batches_per_epoch"], rel=1e-12)
 
 
 def test_cli_writes_a_json_report(tmp_path, capsys):
@@ -51,6 +55,9 @@ def test_cli_writes_a_json_report(tmp_path, capsys):
     assert len(files) == 1
     saved = json.loads(files[0].read_text())
     assert saved["rows"][0]["optimizer"] == "rmsprop" and saved["provenance"]["device"] == "cpu"
+    row = saved["rows"][0]  # one timed step of the 60 batches of 60,000 images: an epoch is 60 such steps
+    assert row["steps_per_epoch"] == 1 and row["batches_per_epoch"] == 60
+    assert row["epoch_s"] == pytest.approx(60 * row["epoch_s_all"][0], rel=1e-12)
     assert saved["matmul_ceiling_tflops"] == pytest.approx(report["matmul_ceiling_tflops"])
     assert "x RMSProp" in capsys.readouterr().out
 

@@ -157,10 +157,19 @@ else:
 # wins and is trained with the full protocol. A winner on the edge of a numeric axis of its grid
 # means that the grid did not bracket the optimum; the search then tries the next value beyond the
 # edge, by the same rule for every optimizer, at most twice. A winner still on an edge after that is
-# marked in the table.
+# marked in the table, which also gives the best trial's final training loss: a first comparison of
+# the optimizers at the paper's scale, after the trials' short horizon.
 
 # %% tags=["hide-input"]
 epochs_per_trial, warmup_per_trial = TRIAL_HORIZON["paper"]
+
+
+def best_trial_loss(t):
+    """The lowest final train loss of the finished trials ("so far" while trials are missing)."""
+    done = [r.final["train_loss"] for r in t.trials if r.status == "completed"]
+    return "" if not done else f"{min(done):.1f}" + ("" if t.complete else " (so far)")
+
+
 pd.DataFrame([{
     "optimizer": LABELS[name], "trials": BUDGET,
     "epochs per trial": f"{epochs_per_trial} ({warmup_per_trial} warm-up)",
@@ -168,6 +177,7 @@ pd.DataFrame([{
                       for knob, values in grid.items()),
     "winner": "" if tuning[name].setting is None else ", ".join(f"{k}={v:g}" for k, v in tuning[name].setting.items()
                                                                 if isinstance(v, (int, float))),
+    f"best train loss after {epochs_per_trial} epochs": best_trial_loss(tuning[name]),
     "trials beyond the grid": tuning[name].extensions,
     "still on the edge": ", ".join(tuning[name].edge),
 } for name, grid in GRIDS.items()]).set_index("optimizer")

@@ -59,6 +59,7 @@ results_dir = None
 # %% tags=["hide-input"]
 import dataclasses
 import json
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -67,9 +68,9 @@ from IPython.display import Markdown, display
 from myst_nb import glue
 
 from locoprop.optim.locoprop import step_sum
-from locoprop.plotting import PALETTE, log_loss_axis, log_x_axis
+from locoprop.plotting import LABELS, PALETTE, log_loss_axis, log_x_axis
 from locoprop.results import load_results, load_runs
-from locoprop.runner import PROFILES, RunConfig, grid, sweep
+from locoprop.runner import PROFILES, RunConfig, default_results_dir, grid, sweep
 
 sns.set_theme(context="notebook", style="whitegrid")
 VARIANTS = {"locoprop-s": "LocoProp-S", "locoprop-m": "LocoProp-M"}
@@ -285,6 +286,7 @@ if check.empty:
 else:
     last = check.sort_values("epoch").groupby("run_id").tail(1)
     table = last.pivot_table(index="optimizer", columns="precision", values="train_loss")
+    table.index = table.index.map(LABELS)
     rel = (table["bf16"] - table["fp32"]) / table["fp32"]
     display(pd.DataFrame({
         "fp32 final train loss": table["fp32"].map(lambda v: f"{v:.3f}"),
@@ -292,3 +294,37 @@ else:
         "relative difference": rel.map(lambda v: f"{v:+.3%}"),
         f"within {TOLERANCE:.1%}": rel.abs().map(lambda v: "yes" if v <= TOLERANCE else "no"),
     }))
+
+# %% [markdown]
+# What bfloat16 buys on the machine of these results: the time per step of every optimizer in each
+# precision, from the latest `python -m locoprop bench` report that timed both. Only the matrix
+# products get faster, so an optimizer gains about the ratio of the two matrix-product ceilings when
+# its step is all products, and less the more of its step is elementwise work (LocoProp's transfer
+# functions, residuals and inner RMSProp) or float32 linear algebra (K-FAC's inverses, Shampoo's
+# roots).
+
+# %% tags=["hide-input"]
+bench_root = (Path(results_dir) if results_dir else default_results_dir()) / "bench"
+both = None
+for path in sorted(bench_root.glob("*.json")):  # file names sort by time: the last one wins
+    report = json.loads(path.read_text())
+    if {"fp32", "bf16"} <= {row.get("precision", "fp32") for row in report["rows"]}:
+        both = report
+if both is None:
+    print("no benchmark report with both precisions yet: `python -m locoprop bench --device cpu`")
+else:
+    rows = pd.DataFrame(both["rows"])
+    rows["label"] = [LABELS[o] + label[len(o):] for o, label in zip(rows["optimizer"], rows["label"])]
+    speed = rows.pivot_table(index="label", columns="precision", values="step_ms", sort=False)
+    ceilings = both["matmul_ceilings_tflops"]
+    display(pd.DataFrame({
+        "float32 ms / step": speed["fp32"].map(lambda v: f"{v:.0f}"),
+        "bfloat16 ms / step": speed["bf16"].map(lambda v: f"{v:.0f}"),
+        "speed-up": (speed["fp32"] / speed["bf16"]).map(lambda v: f"{v:.2f}×"),
+    }).rename_axis("optimizer (paper protocol, batch 1000)"))
+    prov = both["provenance"]
+    display(Markdown(
+        f"Measured by `python -m locoprop bench` on {prov['device_name']}, torch {prov['versions']['torch']}, "
+        f"{prov['started'][:10]}. Matrix-product ceilings on LocoProp's shapes: {ceilings['fp32']:.3f} TFLOP/s in "
+        f"float32 and {ceilings['bf16']:.3f} in bfloat16, a ratio of {ceilings['bf16'] / ceilings['fp32']:.2f}: "
+        "about what a step made only of matrix products gains."))

@@ -182,8 +182,8 @@ def tuned(base) -> Tuned:
 
 
 def tune(bases, seeds=(), processes: int = 1, progress: bool = True, report=print) -> list:
-    """Run the trials of every base configuration (grids, then extensions), then the winners with the full
-    protocol, seed by seed.
+    """Run the search of every base configuration in turn (its grid, then its extensions), then the winners
+    with the full protocol, seed by seed.
 
     ``bases``: one :class:`~locoprop.runner.RunConfig` per optimizer (the full protocol: profile,
     dataset, device ...).  Every grid trial and finalist is checked before anything trains; finished
@@ -196,9 +196,9 @@ def tune(bases, seeds=(), processes: int = 1, progress: bool = True, report=prin
     for base in bases:
         check(grid_configs(base)[0])
         check(base)
-    trials = {base.optimizer: sweep(grid_configs(base), processes=processes, progress=progress) for base in bases}
-    for base in bases:
-        runs = trials[base.optimizer]
+    trials = {}
+    for base in bases:  # one optimizer's search to its end (grid, then extensions) before the next one's
+        runs = trials[base.optimizer] = sweep(grid_configs(base), processes=processes, progress=progress)
         while (setting := extension(base.optimizer, runs)) is not None:
             runs.append(run(trial_config(base, setting), progress=progress))
     results = [r for runs in trials.values() for r in runs]

@@ -71,7 +71,7 @@ from tqdm import tqdm
 from . import data
 from .models import ACTIVATIONS, PAPER_SIZES, deep_autoencoder, reconstruction_loss, squared_error
 from .optim import OPTIMIZERS, default_lr, make_optimizer
-from .precision import MEASURED, TOLERANCE, bf16_offered
+from . import precision as bf16_check
 from .provenance import PROJECT_ROOT, atomic_write, now
 from .provenance import provenance as make_provenance
 from .schedules import warmup_linear_decay
@@ -477,12 +477,12 @@ def run(
     done = find_result(cfg)
     if done is not None:
         return done
-    if cfg.precision == "bf16" and not bf16_offered(cfg.optimizer):
-        measured = MEASURED.get(cfg.optimizer)
+    if cfg.precision == "bf16" and not bf16_check.bf16_offered(cfg.optimizer):
+        measured = bf16_check.MEASURED.get(cfg.optimizer)
         warnings.warn(f"bf16 is not offered for {cfg.optimizer}: " + (
             "it has not been checked against fp32" if measured is None else
             f"its final training loss differed from fp32 by {measured:+.2%} in the check") +
-            f" (limit {TOLERANCE:.1%}, see locoprop.precision); its results may differ from the fp32 reference",
+            f" (limit {bf16_check.TOLERANCE:.1%}, see locoprop.precision); its results may differ from the fp32 reference",
             stacklevel=2)
     paths = cfg.paths()
     with _run_lock(paths["lock"]):

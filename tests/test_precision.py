@@ -11,7 +11,7 @@ import locoprop
 from locoprop import precision
 from locoprop.models import deep_autoencoder, reconstruction_loss
 from locoprop.optim import OPTIMIZERS, make_optimizer
-from locoprop.runner import RunConfig, products, run
+from locoprop.runner import RunConfig, find_result, products, run
 
 U_BF16 = 2.0 ** -8                          # unit roundoff of bfloat16 (8 significant bits)
 U_FP32 = torch.finfo(torch.float32).eps / 2
@@ -149,3 +149,17 @@ def test_bf16_is_offered_only_where_the_check_measured_it(tmp_path, monkeypatch)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         run(dataclasses.replace(cfg, seed=2), progress=False)
+
+
+def test_measured_agrees_with_the_committed_check_runs():
+    """Every value of ``precision.MEASURED`` is the relative difference of the final training losses of the
+    committed check runs (bf16 against fp32), to the four digits it is written with."""
+    configs = {(c.optimizer, c.precision): c for c in precision.check_configs(device="cpu")}  # as the check ran
+    for name, measured in precision.MEASURED.items():
+        finals = {}
+        for prec in ("fp32", "bf16"):
+            assert (name, prec) in configs, f"{name}: its tuning is not finished, so it cannot have been checked"
+            result = find_result(configs[name, prec])
+            assert result is not None and result.status == "completed", f"{name} {prec}: no finished check run"
+            finals[prec] = result.final["train_loss"]
+        assert measured == pytest.approx((finals["bf16"] - finals["fp32"]) / finals["fp32"], abs=5e-5), name

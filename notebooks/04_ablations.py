@@ -294,6 +294,8 @@ else:
         "relative difference": rel.map(lambda v: f"{v:+.3%}"),
         f"within {TOLERANCE:.1%}": rel.abs().map(lambda v: "yes" if v <= TOLERANCE else "no"),
     }))
+    display(Markdown(f"Seed {CHECK['seed']}, one run per precision, on {', '.join(sorted(set(check['device'])))}; "
+                     f"an optimizer missing from the table has not been checked yet (its tuning is not finished)."))
 
 # %% [markdown]
 # What bfloat16 buys on the machine of these results: the time per step of every optimizer in each

@@ -58,6 +58,30 @@ def train_on_digits(digits):
 
 
 @pytest.fixture
+def recorded_pass():
+    """``record(model, x, y, loss_fn) -> (linears, inputs, preacts, grads)``: each linear layer's input
+    X, pre-activation A and gradient G = dL/dA of ``loss_fn(model(x), y)``, computed without the
+    package's capture, on a copy so that ``model`` keeps no gradients."""
+    import copy
+
+    def record(model, x, y, loss_fn):
+        model = copy.deepcopy(model)
+        inputs, preacts, h = [], [], x
+        for m in model:
+            if isinstance(m, torch.nn.Linear):
+                inputs.append(h.detach())
+                h = m(h)
+                h.retain_grad()
+                preacts.append(h)
+            else:
+                h = m(h)
+        loss_fn(h, y).backward()
+        linears = [m for m in model if isinstance(m, torch.nn.Linear)]
+        return linears, inputs, [a.detach() for a in preacts], [a.grad for a in preacts]
+    return record
+
+
+@pytest.fixture
 def resumes_bit_identically():
     """``check(make, batches, split) -> bool``: train ``make(fresh=False)`` on ``batches[:split]``,
     save model and optimizer state, train on the rest; a new ``make(fresh=True)`` (which may

@@ -70,32 +70,16 @@ def test_one_local_sgd_step_is_one_backprop_step(variant, hidden, out):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
 
 
-def manual_pass(model, x, y, loss_fn):
-    """Layer inputs and pre-activation gradients, computed without the package's capture."""
-    inputs, preacts, h = [], [], x
-    linears = [m for m in model if isinstance(m, nn.Linear)]
-    for m in model:
-        if isinstance(m, nn.Linear):
-            inputs.append(h.detach())
-            h = m(h)
-            h.retain_grad()
-            preacts.append(h)
-        else:
-            h = m(h)
-    loss_fn(h, y).backward()
-    return linears, inputs, [a.detach() for a in preacts], [a.grad for a in preacts]
-
-
 def weights_aug(linear):
     return torch.cat([linear.weight, linear.bias[:, None]], 1).detach().numpy()
 
 
 @pytest.mark.parametrize("T", [1, 2, 7])
-def test_locoprop_s_iterates_are_the_truncated_neumann_series(T):
+def test_locoprop_s_iterates_are_the_truncated_neumann_series(T, recorded_pass):
     nu, gamma, eta = 0.02, 2.0, 5.0
     x, y = batch()
     model = tiny_mlp("tanh")
-    linears, inputs, _, grads = manual_pass(copy.deepcopy(model), x, y, output_loss("identity"))
+    linears, inputs, _, grads = recorded_pass(model, x, y, output_loss("identity"))
     start = [weights_aug(m) for m in linears]
     opt = locoprop.LocoProp(model, lr=nu, variant="S", gamma=gamma, local_iters=T, eta=eta, lr_floor=1.0,
                             inner=torch.optim.SGD, output_activation="identity")
@@ -109,11 +93,11 @@ def test_locoprop_s_iterates_are_the_truncated_neumann_series(T):
         np.testing.assert_allclose(weights_aug(m), expected, rtol=1e-10, atol=1e-12)
 
 
-def test_locoprop_s_converges_to_the_closed_form():
+def test_locoprop_s_converges_to_the_closed_form(recorded_pass):
     gamma, eta, nu, T = 2.0, 0.5, 0.01, 3000
     x, y = batch(n=20)
     model = tiny_mlp("tanh")
-    linears, inputs, _, grads = manual_pass(copy.deepcopy(model), x, y, output_loss("identity"))
+    linears, inputs, _, grads = recorded_pass(model, x, y, output_loss("identity"))
     start = [weights_aug(m) for m in linears]
     opt = locoprop.LocoProp(model, lr=nu, variant="S", gamma=gamma, local_iters=T, eta=eta, lr_floor=1.0,
                             inner=torch.optim.SGD, output_activation="identity")
@@ -146,11 +130,11 @@ def test_locoprop_s_converges_to_the_closed_form():
         assert np.linalg.norm(closed_form_s(X, G, gamma, eta).numpy() - dW) <= direct_tol
 
 
-def test_local_iterates_function_matches_optimizer_and_neumann():
+def test_local_iterates_function_matches_optimizer_and_neumann(recorded_pass):
     nu, gamma, eta, T = 0.03, 1.5, 2.0, 5
     x, y = batch()
     model = tiny_mlp("sigmoid")
-    _, inputs, preacts, grads = manual_pass(copy.deepcopy(model), x, y, output_loss("identity"))
+    _, inputs, preacts, grads = recorded_pass(model, x, y, output_loss("identity"))
     X, A, G = inputs[0], preacts[0], grads[0]
     its = local_iterates("S", get_transfer("sigmoid"), X, A, G, gamma, nu, T, eta)
     Xb = np.hstack([X.numpy(), np.ones((len(X), 1))])
@@ -173,7 +157,7 @@ def fixed_point_residual(transfer, X, A, G, gamma, eta, dW):
 
 
 @pytest.mark.parametrize("name", ["tanh", "sigmoid", "relu", "identity", "softmax"])
-def test_implicit_m_solves_the_fixed_point_equation(name):
+def test_implicit_m_solves_the_fixed_point_equation(name, recorded_pass):
     r"""To machine precision, and where many local GD steps (an independent solver, run to convergence) end.
 
     :math:`R = \eta\nabla\phi` for the :math:`(1/\eta)`-strongly convex local objective :math:`\phi`, so
@@ -184,7 +168,7 @@ def test_implicit_m_solves_the_fixed_point_equation(name):
     gamma, eta = 3.0, 0.2
     x, y = batch(n=12)
     model = tiny_mlp("tanh")
-    _, inputs, preacts, grads = manual_pass(model, x, y, output_loss("identity"))
+    _, inputs, preacts, grads = recorded_pass(model, x, y, output_loss("identity"))
     X, A, G = inputs[1], preacts[1], grads[1]
     transfer = get_transfer(name)
     Xb = torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype)], 1)
@@ -213,9 +197,9 @@ def test_implicit_m_solves_the_fixed_point_equation(name):
     assert norm(gd - dW) <= norm(R) + norm(R_gd) + eval_err + eval_err_gd
 
 
-def test_implicit_m_reports_non_convergence():
+def test_implicit_m_reports_non_convergence(recorded_pass):
     x, y = batch(n=12)
-    _, inputs, preacts, grads = manual_pass(tiny_mlp("tanh"), x, y, output_loss("identity"))
+    _, inputs, preacts, grads = recorded_pass(tiny_mlp("tanh"), x, y, output_loss("identity"))
     with pytest.raises(RuntimeError, match="did not converge"):
         implicit_m(get_transfer("tanh"), inputs[1], preacts[1], grads[1], 3.0, 0.2, max_iter=1)
 

@@ -33,24 +33,8 @@ def mlp(seed=0, sizes=(6, 7, 5, 4)):
     return model
 
 
-def recorded_pass(model, x, y):
-    """Inputs X, pre-activations A and their gradients G of the batch-mean squared loss, without the package."""
-    inputs, preacts, h = [], [], x
-    for m in model:
-        if isinstance(m, nn.Linear):
-            inputs.append(h.detach())
-            h = m(h)
-            h.retain_grad()
-            preacts.append(h)
-        else:
-            h = m(h)
-    (0.5 * ((h - y) ** 2).sum(-1).mean()).backward()
-    model.zero_grad(set_to_none=True)
-    return inputs, [a.detach() for a in preacts], [a.grad for a in preacts]
-
-
 @pytest.mark.parametrize("variant", ["S", "M"])
-def test_first_bf16_local_step_is_backprop_to_the_rounding_of_its_product(variant):
+def test_first_bf16_local_step_is_backprop_to_the_rounding_of_its_product(variant, recorded_pass):
     r"""T = 1 with gradient descent is one BackProp step, :math:`-\nu\gamma G^\top X` (tests/test_locoprop).
 
     With bfloat16 local products the first residual must still be :math:`\gamma G` to float32 rounding
@@ -66,7 +50,7 @@ def test_first_bf16_local_step_is_backprop_to_the_rounding_of_its_product(varian
     x, y = torch.randn(n, 6, generator=g), torch.randn(n, 4, generator=g)
     model = mlp()
     before = [(m.weight.detach().clone(), m.bias.detach().clone()) for m in model if isinstance(m, nn.Linear)]
-    inputs, preacts, grads = recorded_pass(model, x, y)
+    _, inputs, preacts, grads = recorded_pass(model, x, y, lambda z, t: 0.5 * ((z - t) ** 2).sum(-1).mean())
     opt = locoprop.LocoProp(model, lr=nu, variant=variant, gamma=gamma, local_iters=1, inner=torch.optim.SGD,
                             output_activation="identity", products="bfloat16")
     opt.zero_grad()

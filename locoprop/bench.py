@@ -42,7 +42,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from .models import PAPER_SIZES, deep_autoencoder, reconstruction_loss
 from .optim import make_optimizer
 from .provenance import atomic_write_text, provenance
-from .runner import default_results_dir, products, sync
+from .precision import PRECISIONS
+from .runner import default_results_dir, sync, training_loss
 
 __all__ = ["Contender", "CONTENDERS", "benchmark", "evaluation_time", "matmul_ceiling", "format_table", "main",
            "tuned_contenders"]
@@ -90,19 +91,21 @@ def evaluation_time(device: torch.device, train: torch.Tensor | None = None, tes
     return time.perf_counter() - start
 
 
-def tuned_contenders(dataset: str, profile: str = "paper") -> list[Contender]:
-    """One contender per optimizer whose tuning on ``dataset`` is complete, with its winning setting."""
+def tuned_contenders(dataset: str, profile: str = "paper", results_dir: str | None = None) -> list[Contender]:
+    """One contender per optimizer whose tuning on ``dataset`` (under ``results_dir``) is complete, with its
+    winning setting."""
     from .optim import OPTIMIZERS
     from .runner import RunConfig
     from .tuning import tuned
 
     out = []
     for name in OPTIMIZERS:
-        result = tuned(RunConfig(optimizer=name, profile=profile, dataset=dataset, device="cpu"))
+        result = tuned(RunConfig(optimizer=name, profile=profile, dataset=dataset, device="cpu",
+                                 results_dir=results_dir))
         if result.setting is not None:
             out.append(Contender(name, name, dict(result.setting)))
     if not out:
-        raise ValueError(f"no finished tuning under data/results/{profile}/ for {dataset}: run "
+        raise ValueError(f"no finished tuning under {results_dir or 'data/results'}/{profile}/ for {dataset}: run "
                          f"`python -m locoprop tune --profile {profile} --dataset {dataset} --optimizer ...` first")
     return out
 
@@ -110,9 +113,7 @@ def tuned_contenders(dataset: str, profile: str = "paper") -> list[Contender]:
 def _training_step(model, opt, closure_for, precision="fp32", device=torch.device("cpu")):
     def step(xb):
         opt.zero_grad(set_to_none=True)
-        with products(precision, device):
-            logits = model(xb)
-        loss = reconstruction_loss(logits.float(), xb)
+        loss = training_loss(model, xb, precision, device)
         loss.backward()
         opt.step(closure_for(xb))
         return loss
@@ -258,8 +259,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--tuned", action="store_true",
                         help="time each optimizer once, with its tuned setting (the winner of its trials under "
                              "data/results/paper/ for --dataset, default fashion-mnist) instead of the defaults")
-    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
-                        help="time each optimizer in these precisions (default: fp32 bf16)")
+    parser.add_argument("--precision", nargs="+", default=list(PRECISIONS), choices=list(PRECISIONS),
+                        help=f"time each optimizer in these precisions (default: {' '.join(PRECISIONS)})")
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matrix products (default: float32)")
     parser.add_argument("--results-dir", default=None, help="where bench/*.json goes (default data/results)")
     parser.add_argument("--no-save", action="store_true", help="print only")
@@ -267,7 +268,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
-    contenders = tuned_contenders(args.dataset or "fashion-mnist") if args.tuned else CONTENDERS
+    try:
+        contenders = (tuned_contenders(args.dataset or "fashion-mnist", results_dir=args.results_dir) if args.tuned
+                      else CONTENDERS)
+    except ValueError as err:
+        parser.error(f"--tuned: {err}")
     contenders = [c for c in contenders if args.optimizers is None or c.optimizer in args.optimizers]
     if not contenders:
         parser.error(f"--optimizers: none of {args.optimizers} is benchmarked; choose from "
@@ -280,8 +285,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     rows = benchmark(contenders, device, args.epochs, args.warmup_epochs, args.steps_per_epoch,
                      args.batch_size, data, precisions=args.precision)
     evaluation = evaluation_time(device, data)
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    ceilings = {p: matmul_ceiling(PAPER_SIZES, args.batch_size, device, dtype=dtypes[p]) for p in args.precision}
+    ceilings = {p: matmul_ceiling(PAPER_SIZES, args.batch_size, device, dtype=PRECISIONS[p]) for p in args.precision}
     info = provenance(device)
     print(f"{info['device_name']}, batch {args.batch_size}, {args.warmup_epochs} warm-up + {args.epochs} timed "
           f"epochs of {rows[0]['steps_per_epoch']} steps{', TF32 allowed' if args.tf32 else ''}; epoch s: "
@@ -289,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(format_table(rows, ceilings))
     print(f"evaluation after an epoch (train and test losses, float32): {evaluation:.2f} s")
     report = {"settings": vars(args), "evaluation_s": evaluation,
-              "matmul_ceiling_tflops": ceilings.get("fp32", 0.0) / 1e12,
+              "matmul_ceiling_tflops": ceilings["fp32"] / 1e12 if "fp32" in ceilings else None,
               "matmul_ceilings_tflops": {p: c / 1e12 for p, c in ceilings.items()}, "rows": rows, "provenance": info}
     if not args.no_save:
         root = Path(args.results_dir) if args.results_dir else default_results_dir()

@@ -58,7 +58,7 @@ def _int_list(text: str) -> list[int]:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    from .runner import PROFILES
+    from .runner import PRECISIONS, PROFILES
 
     p.add_argument("--dataset", choices=("digits", "mnist", "fashion-mnist"),
                    help="default: the profile's (digits for smoke, fashion-mnist for paper)")
@@ -74,8 +74,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sizes", type=_int_list, help="autoencoder widths, e.g. 64,32,8,32,64")
     p.add_argument("--activation", default="tanh", choices=("tanh", "relu", "sigmoid"))
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: the profile's)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="fp32 (the reference) or bf16 matrix products (default: fp32)")
+    p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
+                   help="the dtype of the training matrix products: fp32 (the reference) or bf16 (default: fp32)")
     p.add_argument("--results-dir", help="default: data/results of the project")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -199,6 +199,7 @@ def _report(results) -> None:
 
 def _cmd_sweep(args) -> int:
     from .runner import grid, sweep
+    from .tuning import tuned_setting
 
     names = _optimizer_names(args)
     axes = {key: [parse_value(v) for v in values.split(",")] for key, values in args.grid}
@@ -210,22 +211,10 @@ def _cmd_sweep(args) -> int:
         for seed in args.seeds:
             base = _base_config(args, name, seed)
             if args.tuned:
-                base = dataclasses.replace(base, hparams={**_tuned_setting(base), **base.hparams})
+                base = dataclasses.replace(base, hparams={**tuned_setting(base), **base.hparams})
             configs += grid(base, **axes)
     _report(sweep(configs, processes=args.processes, progress=not args.quiet))
     return 0
-
-
-def _tuned_setting(base) -> dict:
-    """The winner of ``base.optimizer``'s finished trials (its profile, dataset and full-protocol settings)."""
-    from .tuning import tuned
-
-    found = tuned(dataclasses.replace(base, epochs=None, warmup_epochs=None, precision="fp32", hparams={}))
-    if found.setting is None:
-        raise ValueError(f"--tuned: the trials of {base.optimizer} are not finished ({len(found.trials)} done, "
-                         f"{found.pending} to go); run `python -m locoprop tune --optimizer {base.optimizer} "
-                         f"--profile {base.profile} --dataset {base.dataset or 'DATASET'}` first")
-    return dict(found.setting)
 
 
 def _cmd_tune(args) -> int:

@@ -2,8 +2,9 @@
 
 The runner writes ``<results_dir>/<profile>/<run_id>.json`` (see :mod:`locoprop.runner`);
 :func:`load_results` reads them into a ``pandas.DataFrame`` with the columns :data:`COLUMNS`,
-and :func:`summary` picks, per (profile, dataset, optimizer), the hyper-parameters with the best
-final train loss (averaged over seeds).
+and :func:`summary` picks, per (profile, dataset, optimizer, precision, horizon), the
+hyper-parameters with the best final train loss (averaged over seeds): runs of different precision
+or length are never ranked against each other.
 """
 from __future__ import annotations
 
@@ -14,13 +15,15 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["COLUMNS", "ResultsError", "frame", "load_results", "load_runs", "summary", "time_to_target"]
+__all__ = ["COLUMNS", "SETTING_KEY", "ResultsError", "frame", "load_results", "load_runs", "summary", "time_to_target"]
 
 RUN_COLUMNS = ("run_id", "profile", "dataset", "optimizer", "seed", "hparams", "status", "diverged_epoch",
-               "device", "git_commit", "precision")
+               "device", "git_commit", "precision", "horizon")
 RECORD_COLUMNS = ("epoch", "train_loss", "test_loss", "train_squared_error", "test_squared_error",
                   "epoch_time", "train_time", "lr")
 COLUMNS = RUN_COLUMNS[:6] + RECORD_COLUMNS + RUN_COLUMNS[6:]
+#: What makes runs comparable: :func:`summary` ranks hyper-parameters only within one such group.
+SETTING_KEY = ("profile", "dataset", "optimizer", "precision", "horizon")
 
 
 class ResultsError(ValueError):
@@ -37,7 +40,7 @@ def frame(payloads: Iterable[dict[str, Any]]) -> pd.DataFrame:
             "optimizer": cfg["optimizer"], "seed": cfg["seed"], "hparams": json.dumps(cfg["hparams"], sort_keys=True),
             "status": doc["status"], "diverged_epoch": doc["diverged_epoch"],
             "device": prov.get("device_name", prov.get("device")), "git_commit": prov.get("git_commit"),
-            "precision": cfg.get("precision", "fp32"),
+            "precision": cfg.get("precision", "fp32"), "horizon": cfg.get("epochs"),
         }
         rows.extend({**run, **{k: rec.get(k) for k in RECORD_COLUMNS}} for rec in doc["records"])
     df = pd.DataFrame(rows, columns=list(COLUMNS))
@@ -78,7 +81,8 @@ def load_runs(configs: Iterable[Any]) -> pd.DataFrame:
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (profile, dataset, optimizer): the hyper-parameters with the best final train loss.
+    """Per :data:`SETTING_KEY` (profile, dataset, optimizer, precision, horizon = the configured number
+    of epochs): the hyper-parameters with the best final train loss.
 
     A setting's score is its final train loss averaged over seeds; settings with a diverged seed
     are ranked after all others.  Columns: the key, ``hparams``, ``seeds``, ``final_train_loss``,
@@ -86,7 +90,7 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     ``epoch_time`` (mean seconds per training epoch), ``settings`` (number tried) and
     ``diverged`` (number of diverged runs of that optimizer).  Sorted by final train loss.
     """
-    key = ["profile", "dataset", "optimizer"]
+    key = list(SETTING_KEY)
     out_cols = key + ["hparams", "seeds", "final_train_loss", "final_test_loss", "final_train_squared_error",
                       "final_test_squared_error", "epochs", "epoch_time", "settings", "diverged"]
     if df.empty:
@@ -94,7 +98,7 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     last = df.sort_values("epoch").groupby("run_id", sort=False).tail(1)
     timing = df[df["epoch"] > 0].groupby("run_id")["epoch_time"].mean().rename("run_epoch_time")
     last = last.join(timing, on="run_id")
-    settings = last.groupby(key + ["hparams"], as_index=False).agg(
+    settings = last.groupby(key + ["hparams"], as_index=False, dropna=False).agg(
         seeds=("seed", "nunique"),
         final_train_loss=("train_loss", "mean"),
         final_test_loss=("test_loss", "mean"),
@@ -105,43 +109,44 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
         n_diverged=("status", lambda s: int((s == "diverged").sum())),
     )
     settings["rank_key"] = settings["final_train_loss"].where(settings["n_diverged"] == 0, float("inf")).fillna(float("inf"))
-    counts = settings.groupby(key).agg(settings=("hparams", "size"), diverged=("n_diverged", "sum"))
-    best = settings.sort_values(["rank_key", "final_train_loss"]).groupby(key, as_index=False).head(1)
+    counts = settings.groupby(key, dropna=False).agg(settings=("hparams", "size"), diverged=("n_diverged", "sum"))
+    best = settings.sort_values(["rank_key", "final_train_loss"]).groupby(key, as_index=False, dropna=False).head(1)
     best = best.join(counts, on=key)
     return best.sort_values(["profile", "dataset", "rank_key"])[out_cols].reset_index(drop=True)
 
 
 def time_to_target(df: pd.DataFrame, reference: str = "rmsprop", target: float | None = None,
                    time_column: str = "train_time") -> pd.DataFrame:
-    """Per (profile, dataset, optimizer), its best setting's time to reach a training-loss target.
+    """Per :data:`SETTING_KEY`, the best setting's time to reach a training-loss target.
 
     The target is ``target`` when given, else the final train loss (mean over seeds) of the best
-    setting of ``reference`` (by :func:`summary`).  For every optimizer's best setting and seed, the
+    setting of ``reference`` (by :func:`summary`) with the same profile, dataset, precision and horizon.  For every optimizer's best setting and seed, the
     first epoch whose train loss is at or below the target gives the epoch and the cumulative
     training time ``time_column`` (evaluation excluded); both are averaged over the seeds that reach
     it.  NaN where no seed reaches it.  Columns: the key, ``target``, ``epochs_to_target``,
     ``time_to_target``, ``seeds_reaching``, ``seeds``, ``speedup`` (``reference``'s time over this
     optimizer's; NaN without a reference that reaches the target).
     """
-    key = ["profile", "dataset", "optimizer"]
+    key = list(SETTING_KEY)
+    group_key = [k for k in key if k != "optimizer"]
     cols = key + ["target", "epochs_to_target", "time_to_target", "seeds_reaching", "seeds", "speedup"]
     best = summary(df)
     rows = []
-    for (profile, dataset), group in best.groupby(["profile", "dataset"], sort=False):
+    for _, group in best.groupby(group_key, sort=False, dropna=False):
         ref = group[group["optimizer"] == reference]
         if target is None and ref.empty:
             continue
         level = float(ref["final_train_loss"].iloc[0]) if target is None else float(target)
         for _, row in group.iterrows():
-            runs = df[(df["profile"] == profile) & (df["dataset"] == dataset) & (df["optimizer"] == row["optimizer"])
-                      & (df["hparams"] == row["hparams"]) & (df["epoch"] > 0)]
+            same = (df[key + ["hparams"]] == row[key + ["hparams"]]).all(axis=1)
+            runs = df[same & (df["epoch"] > 0)]
             hits = runs[runs["train_loss"] <= level].sort_values("epoch").groupby("run_id").head(1)
-            rows.append({"profile": profile, "dataset": dataset, "optimizer": row["optimizer"], "target": level,
+            rows.append({**row[key].to_dict(), "target": level,
                          "epochs_to_target": hits["epoch"].mean() if len(hits) else float("nan"),
                          "time_to_target": hits[time_column].mean() if len(hits) else float("nan"),
                          "seeds_reaching": len(hits), "seeds": runs["run_id"].nunique()})
     out = pd.DataFrame(rows, columns=cols[:-1])
-    ref_time = out[out["optimizer"] == reference].set_index(["profile", "dataset"])["time_to_target"]
-    out["speedup"] = [ref_time.get((p, d), float("nan")) / t if t else float("nan")
-                      for p, d, t in zip(out["profile"], out["dataset"], out["time_to_target"])]
-    return out.sort_values(key[:2] + ["time_to_target"]).reset_index(drop=True)
+    ref_time = out[out["optimizer"] == reference].set_index(group_key)["time_to_target"]
+    out["speedup"] = [ref_time.get(tuple(k), float("nan")) / t if t else float("nan")
+                      for k, t in zip(out[group_key].itertuples(index=False), out["time_to_target"])]
+    return out.sort_values(group_key[:2] + ["time_to_target"]).reset_index(drop=True)

@@ -72,6 +72,7 @@ from . import data
 from .models import ACTIVATIONS, PAPER_SIZES, deep_autoencoder, reconstruction_loss, squared_error
 from .optim import OPTIMIZERS, default_lr, make_optimizer
 from . import precision as bf16_check
+from .precision import PRECISIONS
 from .provenance import PROJECT_ROOT, atomic_write, now
 from .provenance import provenance as make_provenance
 from .schedules import warmup_linear_decay
@@ -99,7 +100,6 @@ RECORD_COLUMNS = (
     "epoch", "train_loss", "test_loss", "train_squared_error", "test_squared_error", "epoch_time", "train_time", "lr",
 )
 EVAL_CHUNK = 10_000
-PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -360,14 +360,21 @@ def _finite(x: float) -> float | None:
 
 
 def products(precision: str, device: torch.device):
-    """The context of a training forward pass: bfloat16 matrix products (``torch.autocast``) for ``"bf16"``.
+    """The context of a training forward pass: its matrix products in ``PRECISIONS[precision]``
+    (``torch.autocast`` for bfloat16).
 
     Weights, gradients and optimizer state stay float32; the loss is taken in float32 from the
     logits; evaluation always runs in float32.
     """
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    dtype = PRECISIONS[precision]
+    return contextlib.nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
+
+
+def training_loss(model: torch.nn.Module, xb: torch.Tensor, precision: str, device: torch.device) -> torch.Tensor:
+    """The reconstruction loss of a training batch, the forward pass in :func:`products`, the loss in float32."""
+    with products(precision, device):
+        logits = model(xb)
+    return reconstruction_loss(logits.float(), xb)
 
 
 def sync(device: torch.device) -> None:
@@ -423,10 +430,7 @@ def check(config: RunConfig) -> RunConfig:
             model = deep_autoencoder(tuple(min(s, 4) for s in cfg.sizes), cfg.activation, seed=0)
             opt = make_optimizer(cfg.optimizer, model, lr=lr, precision=cfg.precision, **hparams)
             x = torch.rand(8, model[0].in_features, generator=torch.Generator().manual_seed(0))
-            with products(cfg.precision, torch.device("cpu")):
-                logits = model(x)
-            loss = reconstruction_loss(logits.float(), x)
-            loss.backward()
+            training_loss(model, x, cfg.precision, torch.device("cpu")).backward()
             opt.step((lambda: reconstruction_loss(model(x), x).detach()) if getattr(opt, "needs_loss_closure", False)
                      else None)
         except (TypeError, ValueError, RuntimeError) as err:
@@ -551,9 +555,7 @@ def _train(cfg: RunConfig, paths: dict[str, Path], progress: bool, callback) -> 
             xb = train[perm[i * batch:(i + 1) * batch]]
             lr = opt.param_groups[0]["lr"]
             opt.zero_grad(set_to_none=True)
-            with products(cfg.precision, device):
-                logits = model(xb)
-            loss = reconstruction_loss(logits.float(), xb)
+            loss = training_loss(model, xb, cfg.precision, device)
             loss.backward()
             if needs_closure:
                 opt.step(closure)

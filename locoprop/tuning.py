@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["BUDGET", "EXITS", "GRIDS", "MAX_EXTENSIONS", "TRIAL_HORIZON", "Tuned", "best_setting", "edges", "extension",
-           "finalist_configs", "grid_configs", "trial_config", "tune", "tuned"]
+           "finalist_configs", "grid_configs", "trial_config", "tune", "tuned", "tuned_setting"]
 
 BUDGET = 8
 MAX_EXTENSIONS = 2
@@ -68,7 +68,8 @@ GRIDS: dict[str, dict[str, list[Any]]] = {
 
 
 def _trial_base(base):
-    """``base`` on its profile's trial horizon, with the trials' early exits."""
+    """``base`` as its trials run: seed 0, on its profile's trial horizon, with the trials' early exits."""
+    base = dataclasses.replace(base, seed=0)
     if base.profile not in TRIAL_HORIZON:
         return base
     epochs, warmup = TRIAL_HORIZON[base.profile]
@@ -161,8 +162,9 @@ class Tuned:
 def tuned(base) -> Tuned:
     """The tuning of ``base.optimizer`` as found on disk (nothing is trained).
 
-    The winner is only named once every trial of the search (the grid, then its extensions) has
-    finished, since a missing trial could still win.
+    ``base``: any run of the optimizer on the profile and dataset (its seed and, on a profile with a
+    trial horizon, its epochs do not matter).  The winner is only named once every trial of the
+    search (the grid, then its extensions) has finished, since a missing trial could still win.
     """
     from .runner import find_result
 
@@ -181,20 +183,45 @@ def tuned(base) -> Tuned:
     return Tuned(base.optimizer, trials, pending, setting, edges(base.optimizer, setting, trials) if setting else [])
 
 
+def tuned_setting(base) -> dict[str, Any]:
+    """The winning hyper-parameters of ``base.optimizer``'s finished search; ValueError saying what to run if none.
+
+    The search is the float32 one of ``base``'s run settings with the default hyper-parameters,
+    whatever ``base``'s own seed, precision and hyper-parameters are (and, on a profile with a
+    trial horizon, its epochs).
+    """
+    found = tuned(dataclasses.replace(base, precision="fp32", hparams={}))
+    command = (f"`python -m locoprop tune --optimizer {base.optimizer} --profile {base.profile} "
+               f"--dataset {base.dataset or 'DATASET'}`")
+    if not found.complete:
+        raise ValueError(f"the trials of {base.optimizer} are not finished ({len(found.trials)} done, "
+                         f"{found.pending} to go): run {command} first")
+    if found.setting is None:
+        raise ValueError(f"every trial of {base.optimizer} diverged or was abandoned: widen its grid "
+                         f"(locoprop.tuning.GRIDS) and run {command}")
+    return dict(found.setting)
+
+
 def tune(bases, seeds=(), processes: int = 1, progress: bool = True, report=print) -> list:
     """Run the search of every base configuration in turn (its grid, then its extensions), then the winners
     with the full protocol, seed by seed.
 
-    ``bases``: one :class:`~locoprop.runner.RunConfig` per optimizer (the full protocol: profile,
-    dataset, device ...).  Every grid trial and finalist is checked before anything trains; finished
-    runs are loaded, not retrained, so calling this again continues where it stopped.  ``report`` gets
-    a line per optimizer naming its winner.  Returns the results of the trials and of the finalists.
+    ``bases``: one float32 :class:`~locoprop.runner.RunConfig` per optimizer (the full protocol:
+    profile, dataset, device ...).  Every grid trial and every base is checked before anything trains
+    (a finalist differs from its base only in tuned hyper-parameters and seed); finished runs are
+    loaded, not retrained, so calling this again continues where it stopped.  ``report`` gets a line
+    per optimizer naming its winner.  Returns the results of the trials and of the finalists.
     """
     from .runner import check, run, sweep
 
     bases = list(bases)
     for base in bases:
-        check(grid_configs(base)[0])
+        if base.precision != "fp32":
+            raise ValueError(f"the tuning and its finalists run in float32, the reference (got precision "
+                             f"{base.precision!r}): drop --precision, or compare precisions with "
+                             f"`python -m locoprop sweep --tuned --grid precision=fp32,bf16`")
+        for config in grid_configs(base):
+            check(config)
         check(base)
     trials = {}
     for base in bases:  # one optimizer's search to its end (grid, then extensions) before the next one's

@@ -21,7 +21,8 @@ def matmul_flops(sizes, batch):
 def rows():
     data = torch.rand(4 * B, SIZES[0], generator=torch.Generator().manual_seed(0))
     contenders = [c for c in bench.CONTENDERS if c.optimizer in ("sgd", "rmsprop", "locoprop-m")]
-    return bench.benchmark(contenders, "cpu", epochs=2, warmup_epochs=1, batch_size=B, data=data, sizes=SIZES)
+    return bench.benchmark(contenders, "cpu", epochs=2, warmup_epochs=1, steps_per_epoch=2, batch_size=B, data=data,
+                           sizes=SIZES)
 
 
 def test_flops_of_a_first_order_step(rows):
@@ -40,17 +41,17 @@ def test_rows_report_epochs_and_ratios(rows):
     rms = next(r for r in rows if r["optimizer"] == "rmsprop")
     assert rms["ratio_to_rmsprop"] == 1.0
     for r in rows:
-        assert r["steps_per_epoch"] == 4 and len(r["epoch_s_all"]) == 2
+        assert r["steps_per_epoch"] == 2 and r["batches_per_epoch"] == 4 and len(r["epoch_s_all"]) == 2
         assert r["epoch_s"] > 0 and r["tflops"] > 0 and r["peak_memory_mib"] is None  # no CUDA here
-        # a whole epoch is the median timed step times the batches of an epoch
-        step_s = sorted(r["epoch_s_all"])[0] / 4, sorted(r["epoch_s_all"])[1] / 4
+        # a whole epoch (4 batches) is the median timed step times 4, though only 2 steps of each epoch are timed
+        step_s = [t / 2 for t in r["epoch_s_all"]]
         assert r["batches_per_epoch"] * min(step_s) <= r["epoch_s"] <= r["batches_per_epoch"] * max(step_s)
         assert r["epoch_s"] == pytest.approx(r["step_ms"] / 1e3 * r["batches_per_epoch"], rel=1e-12)
 
 
 def test_cli_writes_a_json_report(tmp_path, capsys):
     report = bench.main(["--device", "cpu", "--epochs", "1", "--warmup-epochs", "0", "--steps-per-epoch", "1",
-                         "--optimizers", "rmsprop", "--results-dir", str(tmp_path)])
+                         "--optimizers", "rmsprop", "--precision", "fp32", "--results-dir", str(tmp_path)])
     files = list((tmp_path / "bench").glob("*.json"))
     assert len(files) == 1
     saved = json.loads(files[0].read_text())
@@ -58,8 +59,15 @@ def test_cli_writes_a_json_report(tmp_path, capsys):
     row = saved["rows"][0]  # one timed step of the 60 batches of 60,000 images: an epoch is 60 such steps
     assert row["steps_per_epoch"] == 1 and row["batches_per_epoch"] == 60
     assert row["epoch_s"] == pytest.approx(60 * row["epoch_s_all"][0], rel=1e-12)
-    assert saved["matmul_ceiling_tflops"] == pytest.approx(report["matmul_ceiling_tflops"])
+    assert set(saved["matmul_ceilings_tflops"]) == {"fp32"} and saved["matmul_ceiling_tflops"] > 0
+    assert [r["precision"] for r in report["rows"]] == ["fp32"]
     assert "x RMSProp" in capsys.readouterr().out
+
+
+def test_tuned_without_finished_tuning_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--tuned", "--device", "cpu", "--results-dir", str(tmp_path), "--no-save"])
+    assert exit_.value.code == 2 and "no finished tuning" in capsys.readouterr().err
 
 
 def test_invalid_settings():

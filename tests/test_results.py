@@ -1,15 +1,16 @@
 """Time to target, on result documents whose numbers are chosen by hand."""
 import math
 
-from locoprop.results import frame, time_to_target
+from locoprop.results import frame, summary, time_to_target
 
 
-def doc(optimizer, seed, losses, epoch_time, lr=0.1):
+def doc(optimizer, seed, losses, epoch_time, lr=0.1, precision="fp32"):
     records = [dict(epoch=e, train_loss=loss, test_loss=loss, train_squared_error=0.0, test_squared_error=0.0,
                     epoch_time=0.0 if e == 0 else epoch_time, train_time=e * epoch_time, lr=lr)
                for e, loss in enumerate(losses)]
-    return {"run_id": f"{optimizer}-{seed}-{lr}", "status": "completed", "diverged_epoch": None,
-            "config": {"profile": "p", "dataset": "d", "optimizer": optimizer, "seed": seed, "hparams": {"lr": lr}},
+    return {"run_id": f"{optimizer}-{seed}-{lr}-{precision}-{len(losses)}", "status": "completed", "diverged_epoch": None,
+            "config": {"profile": "p", "dataset": "d", "optimizer": optimizer, "seed": seed, "hparams": {"lr": lr},
+                       "precision": precision, "epochs": len(losses) - 1},
             "provenance": {"device": "cpu"}, "records": records}
 
 
@@ -28,3 +29,18 @@ def test_time_to_reach_the_reference_final_loss():
     assert out.loc["locoprop-m", "seeds_reaching"] == 2 and out.loc["locoprop-m", "speedup"] == 3.0 / 5.0
     assert math.isnan(out.loc["sgd", "time_to_target"]) and out.loc["sgd", "seeds_reaching"] == 0
     assert list(out.index[:2]) == ["rmsprop", "locoprop-m"]  # sorted by time, unreached last
+
+
+def test_runs_of_other_precision_or_length_are_not_averaged_into_a_setting():
+    df = frame([
+        doc("adam", 0, [50, 40, 30], epoch_time=1.0),                       # 2 epochs, fp32: 30
+        doc("adam", 0, [50, 40, 30, 26, 24], epoch_time=1.0),               # 4 epochs, fp32: 24
+        doc("adam", 0, [50, 40, 30, 25, 22], epoch_time=1.0, precision="bf16"),  # 4 epochs, bf16: 22
+    ])
+    best = summary(df).set_index(["precision", "horizon"])
+    assert len(best) == 3 and (best["seeds"] == 1).all()
+    assert best["final_train_loss"].to_dict() == {("fp32", 2): 30.0, ("fp32", 4): 24.0, ("bf16", 4): 22.0}
+    # a target is reached by the runs of its own group only: 25 by the 4-epoch bf16 run at epoch 3
+    reach = time_to_target(df, reference="adam", target=25).set_index(["precision", "horizon"])
+    assert reach.loc[("bf16", 4), "epochs_to_target"] == 3 and reach.loc[("fp32", 4), "epochs_to_target"] == 4
+    assert math.isnan(reach.loc[("fp32", 2), "epochs_to_target"])

@@ -150,7 +150,7 @@ def test_grid_splits_fields_and_hparams():
 
 
 def test_load_results_and_summary(tmp_path):
-    results = sweep(grid(tiny(tmp_path, "sgd", epochs=2), lr=[1e-4, 0.1]) + [tiny(tmp_path, "sgd", hparams={"lr": 1e3})],
+    results = sweep(grid(tiny(tmp_path, "sgd", epochs=2), lr=[1e-4, 0.1]) + [tiny(tmp_path, "sgd", epochs=2, hparams={"lr": 1e3})],
                     progress=False)
     df = load_results(tmp_path, "smoke")
     assert set(COLUMNS) <= set(df.columns)

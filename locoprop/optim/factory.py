@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..precision import PRECISIONS
 from .locoprop import LocoProp
 from .tf_rmsprop import TFRMSProp
 
@@ -80,8 +81,8 @@ def make_optimizer(
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"unknown precision {precision!r}: choose fp32 or bf16")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     lr = default_lr(name) if lr is None else lr
     if name in _FIRST_ORDER:
         cls, fixed = _FIRST_ORDER[name]

@@ -40,7 +40,9 @@ def eigh_with_retry(mats: Tensor, retry_float64: bool = True) -> tuple[Tensor, T
     r"""Batched symmetric eigendecomposition :math:`M = Q\,\mathrm{diag}(\lambda)\,Q^\top` that does not raise.
 
     ``mats`` is (batch, n, n); only its lower triangle is read (as ``torch.linalg.eigh`` does), so a
-    product like :math:`X^\top X` needs no symmetrisation.  Non-finite inputs are replaced by
+    product like :math:`X^\top X` needs no symmetrisation.  A matrix with a non-finite entry (tested
+    through the sum of its entries, so also one whose entries are large enough that their sum
+    overflows, about :math:`10^{38}` in float32: an eigendecomposition would overflow too) is replaced by
     :math:`I` and flagged; a float32 ``torch.linalg.eigh`` failure is retried in float64 (if
     ``retry_float64``).  Returns ``(eigenvalues, eigenvectors, ok)`` in the input dtype, where ``ok``
     (batch,) is False for matrices whose decomposition failed or is not finite: the caller must not use

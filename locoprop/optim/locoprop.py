@@ -19,7 +19,8 @@ Local step :math:`j = 0..T-1` uses the learning rate :math:`\nu\max(1 - j/T, \te
 **Precision of the local products** (``products``).  ``"float32"`` recomputes
 :math:`\hat A = \bar X\bar W^\top` at every local iteration.  ``"bfloat16"`` computes the two products
 of an iteration in bfloat16 with float32 accumulation, and :math:`\hat A` as
-:math:`A + \bar X(\bar W - \bar W^t)^\top`: the recorded float32 :math:`A` plus a bfloat16 product of the
+:math:`A + \bar X(\bar W - \bar W^t)^\top`: the pre-activation :math:`A` recorded in the forward pass (float32;
+under ``torch.autocast`` the forward product's output, upcast once) plus a bfloat16 product of the
 (small) displacement only.  Recomputing :math:`\hat A` in bfloat16 would bury :math:`\gamma G` (about
 :math:`10^{-2}` of :math:`A` at the paper's settings) in rounding noise of relative size
 :math:`2^{-8}`; with the displacement form the first residual is exactly :math:`\gamma G`, as in float32.

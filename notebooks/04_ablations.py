@@ -296,6 +296,20 @@ else:
     }))
     display(Markdown(f"Seed {CHECK['seed']}, one run per precision, on {', '.join(sorted(set(check['device'])))}; "
                      f"an optimizer missing from the table has not been checked yet (its tuning is not finished)."))
+    within = [name for name, v in rel.items() if abs(v) <= TOLERANCE]
+    outside = [name for name, v in rel.items() if abs(v) > TOLERANCE]
+    lines = [f"**bfloat16 is offered for** {', '.join(within) or 'none'}; **not for** {', '.join(outside) or 'none'}."]
+    for run_id, curve in check[check["epoch"] > 0].sort_values("epoch").groupby("run_id"):
+        losses = curve["train_loss"].to_numpy()
+        rise = losses[1:] - losses[:-1]
+        if len(rise) and rise.max() > 0.01 * losses[0]:  # a curve that went up by more than 1% in an epoch
+            k = int(rise.argmax())
+            lines.append(f"The {curve['precision'].iloc[0]} run of {LABELS[curve['optimizer'].iloc[0]]} rose from "
+                         f"{losses[k]:.1f} after epoch {k + 1} to {losses[k + 1]:.1f} after epoch {k + 2} and ended at "
+                         f"{losses[-1]:.1f}: at its tuned learning rate the method is close to instability, and the "
+                         f"other rounding tipped it over" + (" in the first epoch at the peak learning rate, right "
+                         "after the warm-up." if k + 2 == CHECK["warmup_epochs"] + 1 else "."))
+    display(Markdown("\n\n".join(lines)))
 
 # %% [markdown]
 # What bfloat16 buys on the machine of these results: the time per step of every optimizer in each

@@ -299,16 +299,22 @@ else:
     within = [name for name, v in rel.items() if abs(v) <= TOLERANCE]
     outside = [name for name, v in rel.items() if abs(v) > TOLERANCE]
     lines = [f"**bfloat16 is offered for** {', '.join(within) or 'none'}; **not for** {', '.join(outside) or 'none'}."]
-    for run_id, curve in check[check["epoch"] > 0].sort_values("epoch").groupby("run_id"):
-        losses = curve["train_loss"].to_numpy()
-        rise = losses[1:] - losses[:-1]
-        if len(rise) and rise.max() > 0.01 * losses[0]:  # a curve that went up by more than 1% in an epoch
-            k = int(rise.argmax())
-            lines.append(f"The {curve['precision'].iloc[0]} run of {LABELS[curve['optimizer'].iloc[0]]} rose from "
-                         f"{losses[k]:.1f} after epoch {k + 1} to {losses[k + 1]:.1f} after epoch {k + 2} and ended at "
-                         f"{losses[-1]:.1f}: at its tuned learning rate the method is close to instability, and the "
-                         f"other rounding tipped it over" + (" in the first epoch at the peak learning rate, right "
-                         "after the warm-up." if k + 2 == CHECK["warmup_epochs"] + 1 else "."))
+
+    def biggest_rise(curve):
+        """(epoch before, loss before, loss after) of the largest one-epoch rise of a training curve."""
+        losses = curve.sort_values("epoch")["train_loss"].to_numpy()
+        k = int((losses[1:] - losses[:-1]).argmax())
+        return k, losses[k], losses[k + 1]
+
+    for label in outside:  # a bf16 curve that rose (by more than 1% in an epoch) where the fp32 one did not
+        name = {v: k for k, v in LABELS.items()}[label]
+        curves = {p: c for p, c in check[(check["optimizer"] == name) & (check["epoch"] > 0)].groupby("precision")}
+        (k, before, after), (_, b32, a32) = biggest_rise(curves["bf16"]), biggest_rise(curves["fp32"])
+        if after > 1.01 * before and a32 <= 1.01 * b32:
+            lines.append(f"The bfloat16 run of {label} rose from {before:.1f} after epoch {k + 1} to {after:.1f} after "
+                         f"epoch {k + 2} and ended at {table.loc[label, 'bf16']:.1f}, while the float32 run did not rise "
+                         f"by 1% in any epoch: at its tuned learning rate the method is near the edge of stability, and "
+                         f"the other rounding tipped it over.")
     display(Markdown("\n\n".join(lines)))
 
 # %% [markdown]

@@ -319,7 +319,8 @@ else:
 
 # %% [markdown]
 # What bfloat16 buys on the machine of these results: the time per step of every optimizer in each
-# precision, from the latest `python -m locoprop bench` report that timed both. Only the matrix
+# precision, from the latest `python -m locoprop bench` report that timed both with the default settings
+# (not `--tuned`: it times K-FAC and Shampoo with their inverses every step and every 5). Only the matrix
 # products get faster, so an optimizer gains about the ratio of the two matrix-product ceilings when
 # its step is all products, and less the more of its step is elementwise work (LocoProp's transfer
 # functions, residuals and inner RMSProp) or float32 linear algebra (K-FAC's inverses, Shampoo's
@@ -330,7 +331,8 @@ bench_root = (Path(results_dir) if results_dir else default_results_dir()) / "be
 both = None
 for path in sorted(bench_root.glob("*.json")):  # file names sort by time: the last one wins
     report = json.loads(path.read_text())
-    if {"fp32", "bf16"} <= {row.get("precision", "fp32") for row in report["rows"]}:
+    if {"fp32", "bf16"} <= {row.get("precision", "fp32") for row in report["rows"]} \
+            and not report["settings"].get("tuned"):
         both = report
 if both is None:
     print("no benchmark report with both precisions yet: `python -m locoprop bench --device cpu`")

@@ -119,7 +119,8 @@ if profile == "paper" and not paper.empty:  # then seeds 1 and 2 of the finalist
                               if not first_order.empty else [])
     tune([bases[name] for name in extra], seeds=[1, 2], progress=False)
     paper = load_runs([c for configs in finals.values() for c in configs])
-have_paper = paper["optimizer"].nunique() >= 2 and "locoprop-m" in set(paper["optimizer"])
+# drawn once LocoProp-M and a first-order method (the headline's comparison) have their 100-epoch runs
+have_paper = "locoprop-m" in set(paper["optimizer"]) and bool(set(FIRST_ORDER) & set(paper["optimizer"]))
 status = pd.DataFrame([{
     "optimizer": LABELS[name],
     "trials finished": f"{len(t.trials)}" + (f" ({t.extensions} beyond the grid)" if t.extensions else "")
@@ -492,6 +493,9 @@ headline = {
     "headline_best_locoprop": with_seeds("LocoProp-M"),
     "headline_best_first_order": f"{best_first}, {with_seeds(best_first)}",
     "headline_second_order": "; ".join(f"{label}: {with_seeds(label)}" for label in second.index) or "not run",
+    "headline_coverage": (f"{len(final)} of {len(OPTIMIZERS)} ({', '.join(o for o in ORDER if o in final.index)})"
+                          + ("" if len(final) == len(OPTIMIZERS) else "; the others' 100-epoch runs are not finished")
+                          if have_paper else f"none of the {len(OPTIMIZERS)} yet: the smoke scale is shown"),
 }
 for key, value in headline.items():
     glue(key, value, display=False)

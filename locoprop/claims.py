@@ -15,8 +15,9 @@ optimizers, each tuned and trained with the full protocol:
    :func:`verdicts` states it for every kind of device it is given results from, and *not
    measured here* for a GPU when no GPU results exist.
 
-A claim whose optimizers are missing from the results is *not measured here*.  Fewer than two seeds
-are reported as such in the evidence.
+A claim whose optimizers are missing from the results is *not measured here*.  A verdict reached
+with only some of a claim's rivals finished ends in *so far*, and its evidence names the rivals not
+run yet.  Fewer than two seeds are reported as such in the evidence.
 """
 from __future__ import annotations
 
@@ -43,6 +44,14 @@ def _loss(finals: pd.DataFrame, name: str) -> str:
     return f"{values.mean():.1f}{spread}, {_seeds(len(values))}"
 
 
+def _so_far(verdict: str, evidence: str, rivals, have) -> tuple[str, str]:
+    """``verdict`` and ``evidence``, marked as provisional when some of ``rivals`` are not in ``have``."""
+    missing = [n for n in rivals if n not in have]
+    if not missing or verdict == _NOT_MEASURED:
+        return verdict, evidence
+    return f"{verdict} so far", f"{evidence}; not run yet: {', '.join(missing)}"
+
+
 def _first_order(finals: pd.DataFrame, names) -> tuple[str, str, str]:
     rivals = [n for n in FIRST_ORDER if n in names]
     if SUBJECT not in names or not rivals:
@@ -58,7 +67,7 @@ def _first_order(finals: pd.DataFrame, names) -> tuple[str, str, str]:
     else:
         verdict = "not supported"
     evidence = f"LocoProp-M {_loss(finals, SUBJECT)}; best first-order, {best}: {_loss(finals, best)}"
-    return verdict, evidence, best
+    return (*_so_far(verdict, evidence, FIRST_ORDER, names), best)
 
 
 def _second_order(finals: pd.DataFrame, names, floor: float) -> tuple[str, str]:
@@ -72,7 +81,7 @@ def _second_order(finals: pd.DataFrame, names, floor: float) -> tuple[str, str]:
     evidence = (f"LocoProp-M {_loss(finals, SUBJECT)}; "
                 + "; ".join(f"{n}: {_loss(finals, n)}" for n in rivals)
                 + f"; excess over the floor {floor:.1f}: {ratio:.2f}× the better one's")
-    return verdict, evidence
+    return _so_far(verdict, evidence, SECOND_ORDER, names)
 
 
 def _wall_clock(reach: pd.DataFrame | None) -> tuple[str, str]:
@@ -91,7 +100,7 @@ def _wall_clock(reach: pd.DataFrame | None) -> tuple[str, str]:
     own = times[SUBJECT]
     faster = not pd.isna(own) and all(pd.isna(times[n]) or own < times[n] for n in rivals)
     evidence = f"time to a train loss of {target:.1f}: " + "; ".join(fmt(n) for n in (SUBJECT, *rivals))
-    return ("supported" if faster else "not supported"), evidence
+    return _so_far("supported" if faster else "not supported", evidence, SECOND_ORDER, set(times.index))
 
 
 def verdicts(finals: pd.DataFrame, floor: float, reach: dict[str, pd.DataFrame | None]) -> pd.DataFrame:

@@ -21,13 +21,25 @@ def verdict_of(table, number):
     return table.loc[table["claim"].str.startswith(f"{number}."), "verdict"].tolist()
 
 
+FIRST = dict(sgd=[250], momentum=[240], nesterov=[245], adagrad=[230], rmsprop=[260])  # all but Adam
+
+
 def test_first_order_claim_supported_mixed_or_not():
     floor = 100.0
-    assert verdict_of(verdicts(finals(locoprop_m=[200, 201], adam=[210, 212], sgd=[250]), floor, {}), 1) == ["supported"]
+    assert verdict_of(verdicts(finals(locoprop_m=[200, 201], adam=[210, 212], **FIRST), floor, {}), 1) == ["supported"]
     # lower mean, but a LocoProp-M seed is above an Adam seed: mixed
-    assert verdict_of(verdicts(finals(locoprop_m=[200, 215], adam=[210, 212]), floor, {}), 1) == ["mixed"]
-    assert verdict_of(verdicts(finals(locoprop_m=[220], adam=[210]), floor, {}), 1) == ["not supported"]
+    assert verdict_of(verdicts(finals(locoprop_m=[200, 215], adam=[210, 212], **FIRST), floor, {}), 1) == ["mixed"]
+    assert verdict_of(verdicts(finals(locoprop_m=[220], adam=[210], **FIRST), floor, {}), 1) == ["not supported"]
     assert verdict_of(verdicts(finals(kfac=[200]), floor, {}), 1) == ["not measured here"]
+
+
+def test_a_verdict_with_rivals_missing_is_provisional_and_names_them():
+    table = verdicts(finals(locoprop_m=[200], adam=[210], sgd=[250]), 100.0, {})
+    assert verdict_of(table, 1) == ["supported so far"]
+    assert table.loc[0, "evidence"].endswith("not run yet: momentum, nesterov, adagrad, rmsprop")
+    table = verdicts(finals(locoprop_m=[160], kfac=[150]), 100.0, {"CPU": reach(locoprop_m=50.0, kfac=80.0)})
+    assert verdict_of(table, 2) == ["not supported so far"] and table.loc[1, "evidence"].endswith("not run yet: shampoo")
+    assert verdict_of(table, 3) == ["not measured here", "supported so far"]
 
 
 def test_second_order_claim_compares_the_excess_over_the_floor():
@@ -35,7 +47,7 @@ def test_second_order_claim_compares_the_excess_over_the_floor():
     best = 150.0                         # K-FAC: excess 50
     edge = floor + COMPARABLE * (best - floor)
     assert verdict_of(verdicts(finals(locoprop_m=[edge - 0.01], kfac=[best], shampoo=[160]), floor, {}), 2) \
-        == ["supported"]
+        == ["supported"]  # both rivals present: a final verdict
     assert verdict_of(verdicts(finals(locoprop_m=[edge + 0.01], kfac=[best], shampoo=[160]), floor, {}), 2) \
         == ["not supported"]
     table = verdicts(finals(locoprop_m=[160], kfac=[150]), floor, {})
@@ -43,11 +55,11 @@ def test_second_order_claim_compares_the_excess_over_the_floor():
 
 
 def test_wall_clock_claim_per_device_and_not_measured_without_a_gpu():
-    table = verdicts(finals(locoprop_m=[200], kfac=[190]), 100.0,
+    table = verdicts(finals(locoprop_m=[200], kfac=[190], shampoo=[195]), 100.0,
                      {"GPU": None, "CPU": reach(locoprop_m=50.0, kfac=80.0, shampoo=math.nan)})
     assert verdict_of(table, 3) == ["not measured here", "supported"]
     assert "GPU" in table.loc[2, "claim"] and "CPU" in table.loc[3, "claim"]
-    slower = verdicts(finals(locoprop_m=[200]), 100.0, {"GPU": reach(locoprop_m=90.0, kfac=80.0)})
+    slower = verdicts(finals(locoprop_m=[200]), 100.0, {"GPU": reach(locoprop_m=90.0, kfac=80.0, shampoo=100.0)})
     assert verdict_of(slower, 3) == ["not supported"]
-    never = verdicts(finals(locoprop_m=[200]), 100.0, {"GPU": reach(locoprop_m=math.nan, shampoo=80.0)})
+    never = verdicts(finals(locoprop_m=[200]), 100.0, {"GPU": reach(locoprop_m=math.nan, kfac=math.nan, shampoo=80.0)})
     assert verdict_of(never, 3) == ["not supported"]

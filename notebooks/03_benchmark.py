@@ -82,9 +82,10 @@ results_root = Path(results_dir) if results_dir else default_results_dir()
 
 
 def labelled(df):
-    """``df`` with the optimizers' display names, ordered as in every table of this book."""
+    """``df`` with the optimizers' display names, ordered as in every table of this book (only those present,
+    so that a legend lists no optimizer without a curve)."""
     df = df.copy()
-    df["optimizer"] = pd.Categorical(df["optimizer"].map(LABELS), ORDER, ordered=True)
+    df["optimizer"] = pd.Categorical(df["optimizer"].map(LABELS), ORDER, ordered=True).remove_unused_categories()
     return df
 
 

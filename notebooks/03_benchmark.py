@@ -382,20 +382,24 @@ for key, value in estimates.items():
 # ### The paper's claims against this evidence
 #
 # Each verdict below is computed from the result files by `locoprop.claims.verdicts` (the rules are
-# in its documentation and in the claim's wording); none is typed by hand. The paper's wall-clock
-# claim is about one GPU; this site has results from a CPU only unless the table says otherwise.
+# in its documentation and in the claim's wording); none is typed by hand. The wall-clock claim is
+# judged at the harder of the two targets above, the best first-order method's final loss: every
+# optimizer reaches the halfway level within an epoch or two, so that target compares little more
+# than the cost of an epoch (its times are in the evidence too). The paper's wall-clock claim is
+# about one GPU; this site has results from a CPU only unless the table says otherwise.
 
 # %% tags=["hide-input"]
 if have_paper:
     gpu_runs = plain[plain["device"].astype(str).str.contains("cuda|NVIDIA|GPU", case=False, regex=True)]
     cpu_runs = plain.drop(gpu_runs.index)
-    halfway = targets["halfway from the mean image to the floor"]
     package = {v: k for k, v in LABELS.items()}
 
     def reach_on(frame):
+        """Times to both targets on one kind of device; the claim is judged at the lower target."""
         if frame.empty:
             return None
-        out = time_to_target(frame, reference="LocoProp-M", target=halfway, time_column="time")
+        out = pd.concat([time_to_target(frame, reference="LocoProp-M", target=level, time_column="time")
+                         for level in targets.values()])
         return out.assign(optimizer=out["optimizer"].map(package))
 
     claims = verdicts(last.assign(optimizer=last["optimizer"].astype(str).map(package)), FLOOR,

@@ -12,8 +12,8 @@ def finals(**losses):
                          for name, values in losses.items() for s, v in enumerate(values)])
 
 
-def reach(**times):
-    return pd.DataFrame([{"optimizer": name.replace("_", "-"), "target": 250.0, "time_to_target": t}
+def reach(target=250.0, **times):
+    return pd.DataFrame([{"optimizer": name.replace("_", "-"), "target": target, "time_to_target": t}
                          for name, t in times.items()])
 
 
@@ -63,3 +63,17 @@ def test_wall_clock_claim_per_device_and_not_measured_without_a_gpu():
     assert verdict_of(slower, 3) == ["not supported"]
     never = verdicts(finals(locoprop_m=[200]), 100.0, {"GPU": reach(locoprop_m=math.nan, kfac=math.nan, shampoo=80.0)})
     assert verdict_of(never, 3) == ["not supported"]
+
+
+def test_wall_clock_claim_is_judged_at_the_lowest_target_and_reports_every_target():
+    easy = reach(target=280.0, locoprop_m=50.0, kfac=40.0, shampoo=45.0)   # slower to the easy target
+    hard = reach(target=205.0, locoprop_m=900.0, kfac=1500.0, shampoo=math.nan)  # faster to the hard one
+    for stacked in (pd.concat([easy, hard]), pd.concat([hard, easy])):   # order of the rows does not matter
+        table = verdicts(finals(locoprop_m=[200]), 100.0, {"GPU": stacked})
+        assert verdict_of(table, 3) == ["supported"]
+        evidence = table.loc[2, "evidence"]
+        assert evidence.index("205.0 (decides)") < evidence.index("280.0")
+        assert "shampoo never" in evidence and "kfac 40 s" in evidence
+    harder = reach(target=190.0, locoprop_m=math.nan, kfac=3000.0, shampoo=math.nan)  # LocoProp-M never gets there
+    table = verdicts(finals(locoprop_m=[200]), 100.0, {"GPU": pd.concat([easy, hard, harder])})
+    assert verdict_of(table, 3) == ["not supported"]

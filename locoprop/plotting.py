@@ -4,7 +4,7 @@ from __future__ import annotations
 import matplotlib.ticker as mticker
 import seaborn as sns
 
-__all__ = ["LABELS", "PALETTE", "log_loss_axis", "log_x_axis"]
+__all__ = ["LABELS", "PALETTE", "cut_loss_axis", "log_loss_axis", "log_x_axis"]
 
 #: Display name of every optimizer of :data:`locoprop.OPTIMIZERS`.
 LABELS = {"sgd": "SGD", "momentum": "Momentum", "nesterov": "Nesterov", "adagrad": "AdaGrad",
@@ -32,3 +32,15 @@ def log_x_axis(ax, ticks) -> None:
     ax.set_xticks(ticks)
     ax.xaxis.set_major_formatter(mticker.FuncFormatter(_plain))
     ax.xaxis.set_minor_locator(mticker.NullLocator())
+
+
+def cut_loss_axis(ax, frame, top: float, column: str = "train_loss") -> dict[str, float]:
+    """Cut the y axis at ``top`` and return {optimizer: its highest value} of the curves that leave it.
+
+    So that one unstable run does not squeeze the others into a sliver of the figure; the caller
+    says in the caption which curves were cut.
+    """
+    low, _ = ax.get_ylim()
+    ax.set_ylim(low, top)
+    peaks = frame.groupby("optimizer", observed=True)[column].max()
+    return {str(name): float(value) for name, value in peaks.items() if value > top}

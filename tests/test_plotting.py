@@ -1,0 +1,20 @@
+"""The shared figure helpers: a cut axis names exactly the curves that leave it."""
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from locoprop.plotting import cut_loss_axis  # noqa: E402
+
+
+def test_cut_loss_axis_sets_the_top_and_names_the_curves_above_it():
+    frame = pd.DataFrame({"optimizer": pd.Categorical(["A", "A", "B", "B", "C"], ["A", "B", "C", "D"]),
+                          "epoch": [0, 1, 0, 1, 0], "train_loss": [500.0, 900.0, 500.0, 200.0, 574.0]})
+    fig, ax = plt.subplots()
+    ax.plot(frame["epoch"], frame["train_loss"])
+    low = ax.get_ylim()[0]
+    cut = cut_loss_axis(ax, frame, top=574.0)
+    assert ax.get_ylim() == (low, 574.0)
+    assert cut == {"A": 900.0}  # C reaches the top but does not leave the axis; D has no rows
+    plt.close(fig)

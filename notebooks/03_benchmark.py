@@ -75,6 +75,7 @@ from locoprop.runner import PROFILES, RunConfig, default_results_dir, run, sweep
 from locoprop.tuning import BUDGET, GRIDS, TRIAL_HORIZON, finalist_configs, tune, tuned
 
 sns.set_theme(context="notebook", style="whitegrid", font_scale=1.15)
+pd.set_option("display.max_colwidth", None)  # tables show whole cells (the claims' evidence, the grids), not "..."
 ORDER = [LABELS[name] for name in OPTIMIZERS]
 SEED_FINALISTS = ["locoprop-m", "locoprop-s", "kfac", "shampoo"]  # + the best first-order method
 PAPER_SEEDS = [0, 1, 2]

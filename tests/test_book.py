@@ -109,6 +109,13 @@ def test_pages_have_no_unresolved_roles(pages):
             assert marker not in text, f"{page.name}: unresolved {marker}"
 
 
+def test_no_table_cell_is_cut_short(pages):
+    """pandas ends a cell longer than ``display.max_colwidth`` with "...": the reader would miss its end."""
+    for page in pages:
+        cut = re.findall(r"<td>([^<]*\.\.\.)</td>", page.read_text(encoding="utf-8"))
+        assert not cut, f"{page.name}: table cells cut short: {cut[:3]}"
+
+
 def _html_files(site: Path) -> list[Path]:
     """Every HTML page of the site (the theme's template fragments under _static/ are not pages)."""
     return sorted(p for p in site.rglob("*.html") if "_static" not in p.relative_to(site).parts)

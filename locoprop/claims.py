@@ -12,9 +12,9 @@ optimizers, each tuned and trained with the full protocol:
    the better of the two.  *Supported* or *not supported*.
 3. **Faster than K-FAC and Shampoo in wall-clock time** on the hardware of the result files: its
    training time to a loss target is below both of theirs.  Given several targets, the claim is
-   judged at the lowest (the hardest to reach: an easy target, reached by every optimizer within an
-   epoch or two, compares little more than the cost of an epoch); the times to every target are in
-   the evidence.  The paper's claim is about one GPU;
+   judged at the lowest (the hardest to reach: an easy target, reached within the first few epochs,
+   compares little more than the cost of those epochs); the times to every target are in the
+   evidence.  The paper's claim is about one GPU;
    :func:`verdicts` states it for every kind of device it is given results from, and *not
    measured here* for a GPU when no GPU results exist.
 

@@ -418,9 +418,9 @@ for key, value in estimates.items():
 #
 # Each verdict below is computed from the result files by `locoprop.claims.verdicts` (the rules are
 # in its documentation and in the claim's wording); none is typed by hand. The wall-clock claim is
-# judged at the harder of the two targets above, the best first-order method's final loss: every
-# optimizer reaches the halfway level within an epoch or two, so that target compares little more
-# than the cost of an epoch (its times are in the evidence too). The paper's wall-clock claim is
+# judged at the harder of the two targets above, the best first-order method's final loss: the
+# halfway level is reached within the first few epochs, so that target compares little more than
+# the cost of those epochs (its times are in the evidence too). The paper's wall-clock claim is
 # about one GPU; this site has results from a CPU only unless the table says otherwise.
 
 # %% tags=["hide-input"]

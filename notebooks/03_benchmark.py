@@ -70,7 +70,7 @@ from locoprop.claims import verdicts
 from locoprop.models import deep_autoencoder, entropy_floor, mean_image_loss, reconstruction_loss
 from locoprop.optim import FIRST_ORDER, OPTIMIZERS
 from locoprop.plotting import LABELS, PALETTE, cut_loss_axis, log_loss_axis
-from locoprop.results import load_runs, summary, time_to_target
+from locoprop.results import load_results, load_runs, summary, time_to_target
 from locoprop.runner import PROFILES, RunConfig, default_results_dir, run, sweep
 from locoprop.tuning import BUDGET, GRIDS, TRIAL_HORIZON, finalist_configs, tune, tuned
 
@@ -301,7 +301,8 @@ if have_paper:
 if have_paper:
     per_seed = last.groupby("optimizer", observed=True)
     mean_curve = runs.groupby(["optimizer", "epoch"], observed=True)["train_loss"].mean().reset_index()
-    lowest = mean_curve.loc[mean_curve.groupby("optimizer", observed=True)["train_loss"].idxmin()].set_index("optimizer")
+    at_lowest = mean_curve.groupby("optimizer", observed=True)["train_loss"].idxmin()
+    lowest = mean_curve.loc[at_lowest].set_index("optimizer")  # each optimizer's lowest mean loss and its epoch
     bench_rows = {row["optimizer"]: row for row in BENCH["rows"]} if BENCH else {}
     table = pd.DataFrame({
         "final train loss": per_seed["train_loss"].mean().map(lambda v: f"{v:.2f}"),
@@ -327,6 +328,32 @@ if have_paper:
                 f"{int(lowest.loc[name, 'epoch'])})" for name in rose)
             + ". The tuning chose its setting by the loss after the trials' few epochs; a setting that is "
               "best early can be unstable over 100."))
+
+# %% [markdown]
+# ### Other full-length runs
+#
+# Runs of the full protocol (100 epochs, float32) at a setting other than the tuned one, made to see
+# how much a final depends on its tuned setting (for example `python -m locoprop sweep --profile paper
+# --dataset fashion-mnist --optimizer rmsprop --grid lr=4e-5`). They are not part of the comparison
+# above, whose settings come from the tuning alone.
+
+# %% tags=["hide-input"]
+if have_paper:
+    every = load_results(results_root, "paper")
+    others = every[(every["dataset"] == paper_dataset) & (every["precision"] == "fp32")
+                   & (every["horizon"] == PROFILES["paper"].epochs) & ~every["run_id"].isin(set(paper["run_id"]))]
+    def setting_text(hparams):
+        return ", ".join(f"{k}={v:g}" for k, v in hparams.items())
+
+    rows = []
+    for run_id, curve in others.groupby("run_id"):
+        end, low = curve.loc[curve["epoch"].idxmax()], curve.loc[curve["train_loss"].idxmin()]
+        rows.append({"optimizer": LABELS[end["optimizer"]], "setting": setting_text(json.loads(end["hparams"])),
+                     "tuned setting": setting_text(tuning[end["optimizer"]].setting or {}),
+                     "seed": int(end["seed"]), "epochs": int(end["epoch"]), "status": end["status"],
+                     "final train loss": f"{end['train_loss']:.2f}",
+                     "lowest train loss (epoch)": f"{low['train_loss']:.2f} ({int(low['epoch'])})"})
+    display(pd.DataFrame(rows).set_index("optimizer") if rows else Markdown("None yet."))
 
 # %% [markdown]
 # ### Time to a target loss

@@ -123,9 +123,10 @@ def time_to_target(df: pd.DataFrame, reference: str = "rmsprop", target: float |
     setting of ``reference`` (by :func:`summary`) with the same profile, dataset, precision and
     horizon.  For every optimizer's best setting and seed, the first epoch whose train loss is at or
     below the target gives the epoch and the cumulative training time ``time_column`` (evaluation
-    excluded); both are averaged over the seeds that reach it.  NaN where no seed reaches it.  Columns: the key, ``target``, ``epochs_to_target``,
-    ``time_to_target``, ``seeds_reaching``, ``seeds``, ``speedup`` (``reference``'s time over this
-    optimizer's; NaN without a reference that reaches the target).
+    excluded); both are averaged over the seeds that reach it.  NaN where no seed reaches it.
+    Columns: the key, ``target``, ``epochs_to_target``, ``time_to_target``, ``seeds_reaching``,
+    ``seeds``, ``speedup`` (``reference``'s time over this optimizer's; NaN without a reference that
+    reaches the target).
     """
     key = list(SETTING_KEY)
     group_key = [k for k in key if k != "optimizer"]

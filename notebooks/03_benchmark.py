@@ -90,6 +90,24 @@ def labelled(df):
     return df
 
 
+def cut_above_untrained(ax, frame):
+    """Cut the loss axis just above the untrained loss (1.05 × the highest loss at epoch 0): (top, cut curves)."""
+    top = 1.05 * float(frame.loc[frame["epoch"] == 0, "train_loss"].max())
+    return top, cut_loss_axis(ax, frame, top)
+
+
+def cut_text(top, cut) -> str:
+    """The caption's line for :func:`cut_above_untrained`."""
+    return (f"Cut off above {top:.0f} (1.05 × the untrained loss): "
+            + "; ".join(f"{name} (up to {peak:.1f})" for name, peak in cut.items()) + "."
+            if cut else "No curve is cut off.")
+
+
+def setting_text(hparams) -> str:
+    """``lr=0.0001, gamma=10``: hyper-parameters as the tables of this book write them."""
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in hparams.items())
+
+
 def fmt(value, digits=4):
     return "" if pd.isna(value) else f"{value:.{digits}g}"
 
@@ -127,8 +145,7 @@ status = pd.DataFrame([{
     "optimizer": LABELS[name],
     "trials finished": f"{len(t.trials)}" + (f" ({t.extensions} beyond the grid)" if t.extensions else "")
                        + (f", {t.pending} to go" if t.pending else ""),
-    "tuned setting": "" if t.setting is None else ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                                                           for k, v in t.setting.items()),
+    "tuned setting": "" if t.setting is None else setting_text(t.setting),
     "full runs (seeds)": ",".join(str(s) for s in sorted(paper.loc[paper["optimizer"] == name, "seed"].unique())),
 } for name, t in tuning.items()]).set_index("optimizer")
 status
@@ -179,8 +196,7 @@ pd.DataFrame([{
     "epochs per trial": f"{epochs_per_trial} ({warmup_per_trial} warm-up)",
     "grid": "; ".join(f"{knob} ∈ {{{', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in values)}}}"
                       for knob, values in grid.items()),
-    "winner": "" if tuning[name].setting is None else ", ".join(f"{k}={v:g}" for k, v in tuning[name].setting.items()
-                                                                if isinstance(v, (int, float))),
+    "winner": "" if tuning[name].setting is None else setting_text(tuning[name].setting),
     f"best train loss after {epochs_per_trial} epochs": best_trial_loss(tuning[name]),
     "trials beyond the grid": tuning[name].extensions,
     "still on the edge": ", ".join(tuning[name].edge),
@@ -192,8 +208,7 @@ for name, t in tuning.items():
     for r in t.trials:
         hp = dict(r.config.hparams)
         trial_rows.append({"optimizer": LABELS[name], "lr": hp.pop("lr"),
-                           "other": ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                                              for k, v in sorted(hp.items())) or "—",
+                           "other": setting_text(dict(sorted(hp.items()))) or "—",
                            "final train loss": r.final["train_loss"] if r.status == "completed" else float("nan"),
                            "status": r.status})
 trials = pd.DataFrame(trial_rows)
@@ -260,8 +275,7 @@ if have_paper:
     axes[0].text(1, MEAN_IMAGE * 1.02, f"mean image {MEAN_IMAGE:.1f}", color="0.3", fontsize="small")
     axes[0].text(1, FLOOR * 1.02, f"floor (pixel entropy) {FLOOR:.1f}", color="0.3", fontsize="small")
     log_loss_axis(axes[0])
-    TOP = 1.05 * float(runs.loc[runs["epoch"] == 0, "train_loss"].max())  # just above the untrained loss
-    cut = cut_loss_axis(axes[0], runs, TOP)
+    top, cut = cut_above_untrained(axes[0], runs)
     axes[0].set(xlabel="epoch", ylabel="train loss (nats / image)", title="against epochs")
     axes[1].set(xscale="log", xlabel="training time (s, log scale)", title="against training time")
     sns.move_legend(axes[1], "upper left", bbox_to_anchor=(1.02, 1.0), title=None, frameon=False)
@@ -269,8 +283,7 @@ if have_paper:
     fig.tight_layout()
     plt.show()
     if cut:
-        display(Markdown("Cut off above the untrained loss (×1.05, " f"{TOP:.0f}): "
-                         + "; ".join(f"{name} (up to {peak:.1f})" for name, peak in cut.items()) + "."))
+        display(Markdown(cut_text(top, cut)))
 
     # the same runs after the first epochs, on a linear axis fitted to the optimizers that learnt
     learnt = last.groupby("optimizer", observed=True)["train_loss"].mean() < MEAN_IMAGE
@@ -313,8 +326,7 @@ if have_paper:
         "s / epoch": per_epoch.reindex(per_seed["train_loss"].mean().index).map(lambda v: fmt(v, 3)),
         "GFLOP / step": pd.Series({LABELS[k]: r["flops_per_step"] / 1e9 for k, r in bench_rows.items()})
         .reindex(per_seed["train_loss"].mean().index).map(lambda v: fmt(v, 3)),
-        "setting": pd.Series({LABELS[n]: ", ".join(f"{k}={v:g}" for k, v in t.setting.items())
-                              for n, t in tuning.items() if t.setting}),
+        "setting": pd.Series({LABELS[n]: setting_text(t.setting) for n, t in tuning.items() if t.setting}),
     }).dropna(subset=["final train loss"])
     table = table.reindex([o for o in ORDER if o in table.index])  # the book's order, not the alphabet's
     display(table)
@@ -342,9 +354,6 @@ if have_paper:
     every = load_results(results_root, "paper")
     others = every[(every["dataset"] == paper_dataset) & (every["precision"] == "fp32")
                    & (every["horizon"] == PROFILES["paper"].epochs) & ~every["run_id"].isin(set(paper["run_id"]))]
-    def setting_text(hparams):
-        return ", ".join(f"{k}={v:g}" for k, v in hparams.items())
-
     rows = []
     for run_id, curve in others.groupby("run_id"):
         end, low = curve.loc[curve["epoch"].idxmax()], curve.loc[curve["train_loss"].idxmin()]
@@ -578,11 +587,7 @@ if have_paper:
     ax.axhline(MEAN_IMAGE, color="0.35", ls="--", lw=1)
     ax.axhline(FLOOR, color="0.35", ls=":", lw=1.2)
 log_loss_axis(ax)
-headline_top = 1.05 * float(shown.loc[shown["epoch"] == 0, "train_loss"].max())  # just above the untrained loss
-headline_cut = cut_loss_axis(ax, shown, headline_top)
-glue("headline_cut", (f"Cut off above {headline_top:.0f}: "
-                      + "; ".join(f"{name} (up to {peak:.1f})" for name, peak in headline_cut.items()) + ".")
-     if headline_cut else "No curve is cut off.", display=False)
+glue("headline_cut", cut_text(*cut_above_untrained(ax, shown)), display=False)
 ax.set(xlabel="epoch", ylabel="train loss (nats / image)",
        title=f"Deep autoencoder, {shown_dataset} ({'paper protocol' if have_paper else 'smoke scale'})")
 sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1.0), title=None, frameon=False)

@@ -419,8 +419,8 @@ if BENCH is not None:
                                                                        {LABELS[n] for n in rows}])
     if have_paper:  # the same cost as the full runs recorded it: the median epoch is immune to their pauses
         cost["s / epoch in the full runs (median)"] = recorded.reindex(cost.index).map(lambda v: fmt(v, 3))
-        cost["full runs / bench"] = (recorded.reindex(cost.index) / per_epoch.reindex(cost.index)).map(
-            lambda v: fmt(v, 3))
+        full_over_bench = recorded / per_epoch
+        cost["full runs / bench"] = full_over_bench.reindex(cost.index).map(lambda v: fmt(v, 3))
     display(cost)
     prov = BENCH["provenance"]
     display(Markdown(f"Measured by `python -m locoprop bench --tuned --dataset {paper_dataset}` on "
@@ -430,13 +430,13 @@ if BENCH is not None:
                      f"times the {BENCH['rows'][0].get('batches_per_epoch', BENCH['rows'][0]['steps_per_epoch'])} "
                      "batches of an epoch."))
     if have_paper:
-        trained = runs[runs["epoch"] > 0]
-        excess = (trained.groupby("run_id")["train_time"].max()
-                  - trained.groupby("run_id")["epoch_time"].median() * trained.groupby("run_id")["epoch"].max())
+        per_run = runs[runs["epoch"] > 0].groupby("run_id").agg(
+            total=("train_time", "max"), median=("epoch_time", "median"), epochs=("epoch", "max"))
+        excess = per_run["total"] - per_run["median"] * per_run["epochs"]
         display(Markdown(
             "The full runs record every epoch's training time too (`epoch_time` in their result files). Their "
             "median epoch lies within "
-            f"{fmt(100 * (recorded / per_epoch).sub(1).abs().max(), 2)}% of the benchmark above. Their cumulative "
+            f"{fmt(100 * full_over_bench.sub(1).abs().max(), 2)}% of the benchmark above. Their cumulative "
             "times are not used for the wall-clock figures: the runs were paused at times, or shared the cores, "
             "while other work ran on this machine, so their totals exceed epochs × their median epoch by up to "
             f"{excess.max():.0f} s."))

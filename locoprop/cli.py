@@ -88,6 +88,12 @@ def _add_many(p: argparse.ArgumentParser) -> None:
     p.add_argument("--processes", type=int, default=1, help="local worker processes (default: 1)")
 
 
+def _add_search(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--search", choices=("halving", "short"), default="halving",
+                   help="halving: successive halving on the protocol's own 100-epoch schedule (rungs 10, 25, 50, "
+                        "100; its survivor is the seed-0 final); short: the 5-epoch trials (default: halving)")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     from .optim import OPTIMIZERS
 
@@ -108,15 +114,17 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="an axis of the grid (repeatable): a hyper-parameter (lr, damping ...) or a run field (epochs ...)")
     p.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated seeds (default: 0)")
     p.add_argument("--tuned", action="store_true",
-                   help="start from each optimizer's tuned setting (the winner of its finished trials, "
+                   help="start from each optimizer's tuned setting (the winner of its finished search, "
                         "see `tune`); --hparam and --grid values override it")
+    _add_search(p)
     _add_common(p)
 
     p = sub.add_parser("tune", help="run the documented tuning grid of each optimizer, or its finalists",
-                       description="Run each optimizer's equal-budget trials (locoprop.tuning: grid, trial horizon, "
-                                   "early exits); with --finalists, then train each best setting (lowest final train "
-                                   "loss) with the full protocol, seed by seed (--seeds).")
+                       description="Run each optimizer's equal-budget search (locoprop.tuning: grid, rungs or trial "
+                                   "horizon, early exits); with --finalists, then train each best setting (lowest "
+                                   "train loss) with the full protocol, seed by seed (--seeds).")
     _add_many(p)
+    _add_search(p)
     p.add_argument("--finalists", action="store_true",
                    help="after all trials, train each optimizer's best setting with the full protocol and --seeds")
     p.add_argument("--seeds", type=_int_list, default=[0, 1, 2], help="seeds of the finalists (default: 0,1,2)")
@@ -211,7 +219,7 @@ def _cmd_sweep(args) -> int:
         for seed in args.seeds:
             base = _base_config(args, name, seed)
             if args.tuned:
-                base = dataclasses.replace(base, hparams={**tuned_setting(base), **base.hparams})
+                base = dataclasses.replace(base, hparams={**tuned_setting(base, args.search), **base.hparams})
             configs += grid(base, **axes)
     _report(sweep(configs, processes=args.processes, progress=not args.quiet))
     return 0
@@ -222,7 +230,8 @@ def _cmd_tune(args) -> int:
     from .tuning import tune
 
     bases = [_base_config(args, name, 0) for name in _optimizer_names(args)]
-    _report(tune(bases, args.seeds if args.finalists else (), processes=args.processes, progress=not args.quiet))
+    _report(tune(bases, args.seeds if args.finalists else (), processes=args.processes, progress=not args.quiet,
+                 search=args.search))
     return 0
 
 

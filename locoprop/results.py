@@ -85,7 +85,8 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     of epochs): the hyper-parameters with the best final train loss.
 
     A setting's score is its final train loss averaged over seeds; settings with a diverged seed
-    are ranked after all others.  Columns: the key, ``hparams``, ``seeds``, ``final_train_loss``,
+    are ranked after all others.  Runs ``stopped`` at a budget (the rungs of successive halving)
+    are left out.  Columns: the key, ``hparams``, ``seeds``, ``final_train_loss``,
     ``final_test_loss``, ``final_train_squared_error``, ``final_test_squared_error``, ``epochs``,
     ``epoch_time`` (mean seconds per training epoch), ``settings`` (number tried) and
     ``diverged`` (number of diverged runs of that optimizer).  Sorted by final train loss.
@@ -95,6 +96,7 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
                       "final_test_squared_error", "epochs", "epoch_time", "settings", "diverged"]
     if df.empty:
         return pd.DataFrame(columns=out_cols)
+    df = df[df["status"] != "stopped"]  # trained only up to a rung of successive halving: not a final
     last = df.sort_values("epoch").groupby("run_id", sort=False).tail(1)
     timing = df[df["epoch"] > 0].groupby("run_id")["epoch_time"].mean().rename("run_epoch_time")
     last = last.join(timing, on="run_id")

@@ -17,8 +17,10 @@ and per-pixel squared error of :math:`\sigma(\text{logits})`.
 Files, under ``<results_dir>/<profile>/`` (default ``data/results/``):
 
 * ``<run_id>.json``: the records plus provenance (config, git commit, versions, device, times,
-  status); its presence marks a finished run (``completed`` or ``diverged``), which is skipped
-  when the same configuration runs again;
+  status).  A *finished* run (``completed``, ``diverged`` or ``abandoned``) is skipped when the
+  same configuration runs again.  A run trained only up to a budget (``run(..., until=E)``: the
+  rungs of successive halving) is ``stopped``: its file holds the records up to epoch ``E`` and its
+  checkpoint stays, so a later call with a larger budget continues it;
 * ``<run_id>.csv``: the per-epoch records;
 * ``checkpoints/<run_id>.pt`` while a run is under way (written atomically after every epoch,
   removed once the result is written): running the same configuration again resumes from it and
@@ -91,10 +93,15 @@ __all__ = [
     "products",
     "evaluate",
     "find_result",
+    "FINISHED",
+    "exit_epoch",
     "grid",
     "run",
     "sweep",
 ]
+
+#: Statuses of a run that has ended; ``stopped`` (trained up to a budget, to be continued) is not one.
+FINISHED = ("completed", "diverged", "abandoned")
 
 RECORD_COLUMNS = (
     "epoch", "train_loss", "test_loss", "train_squared_error", "test_squared_error", "epoch_time", "train_time", "lr",
@@ -288,6 +295,11 @@ class RunResult:
     skipped: bool = False
 
     @property
+    def finished(self) -> bool:
+        """Whether the run has ended (not ``stopped`` at a budget)."""
+        return self.status in FINISHED
+
+    @property
     def final(self) -> dict[str, float]:
         """The last epoch's record."""
         return self.records[-1]
@@ -446,8 +458,8 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise RunConflictError(f"cannot read the result file {path} ({err}); move it away to run again") from None
 
 
-def find_result(config: RunConfig) -> RunResult | None:
-    """The finished result of ``config`` on disk, or None.
+def find_result(config: RunConfig, stopped: bool = False) -> RunResult | None:
+    """The finished result of ``config`` on disk, or None; with ``stopped``, also a run stopped at a budget.
 
     Raises :class:`RunConflictError` when the file under its name holds another configuration.
     """
@@ -462,7 +474,29 @@ def find_result(config: RunConfig) -> RunResult | None:
             f"{path} holds a different configuration ({stored.identity()}) than the one requested "
             f"({cfg.identity()}); it was not overwritten: move it away or use another results_dir"
         )
-    return RunResult.from_payload(payload, path, skipped=True)
+    result = RunResult.from_payload(payload, path, skipped=True)
+    return result if stopped or result.finished else None
+
+
+def exit_epoch(records: list[dict[str, Any]], exits, divergence_factor: float) -> tuple[str, int] | None:
+    """``(status, epoch)`` of the first epoch at which a run with these records stops early, or None.
+
+    ``diverged``: an evaluated loss is not finite (None in a result file) or the train loss exceeds
+    ``divergence_factor`` times its epoch-0 value; ``abandoned``: an early-exit rule
+    ``(from_epoch, threshold)`` with ``epoch >= from_epoch`` finds the best train loss so far above
+    ``threshold``.  The runner stops by this rule, so the records of a run without ``exits`` also
+    tell where the same run with them would have stopped.
+    """
+    best = math.inf
+    for record in records[1:]:
+        epoch, train, test = record["epoch"], record["train_loss"], record["test_loss"]
+        if train is None or test is None or not (math.isfinite(train) and math.isfinite(test)) or \
+                train > divergence_factor * records[0]["train_loss"]:
+            return "diverged", epoch
+        best = min(best, train)
+        if any(epoch >= start and best > threshold for start, threshold in exits):
+            return "abandoned", epoch
+    return None
 
 
 # --------------------------------------------------------------------------- one run
@@ -470,16 +504,21 @@ def run(
     config: RunConfig,
     progress: bool = True,
     callback: Callable[[int, dict[str, float]], None] | None = None,
+    until: int | None = None,
 ) -> RunResult:
     """Train ``config`` to the end (or to divergence), write its result files, return the result.
 
     A finished result of the same configuration is returned without training; an existing
-    checkpoint is resumed.  ``callback(epoch, record)`` is called after each epoch's checkpoint is
-    written (an exception it raises interrupts the run, which the next call resumes).
+    checkpoint is resumed.  ``until``: train only up to that epoch (a budget; default: the run's
+    ``epochs``); a run that reaches it unfinished is written as ``stopped`` and keeps its
+    checkpoint, so that a later call with a larger budget continues it.  ``callback(epoch, record)``
+    is called after each epoch's checkpoint is written (an exception it raises interrupts the run,
+    which the next call resumes).
     """
     cfg = check(config)
-    done = find_result(cfg)
-    if done is not None:
+    until = cfg.epochs if until is None else min(_integer("until", until, 1), cfg.epochs)
+    done = find_result(cfg, stopped=True)
+    if done is not None and (done.finished or done.final["epoch"] >= until):
         return done
     if cfg.precision == "bf16" and not bf16_check.bf16_offered(cfg.optimizer):
         measured = bf16_check.MEASURED.get(cfg.optimizer)
@@ -490,8 +529,11 @@ def run(
             stacklevel=2)
     paths = cfg.paths()
     with _run_lock(paths["lock"]):
-        done = find_result(cfg)  # finished by another process while this one waited for the lock
-        result = done if done is not None else _train(cfg, paths, progress, callback)
+        done = find_result(cfg, stopped=True)  # advanced by another process while this one waited for the lock
+        if done is not None and (done.finished or done.final["epoch"] >= until):
+            result = done
+        else:
+            result = _train(cfg, paths, progress, callback, until, done)
     try:
         paths["lock"].parent.rmdir()  # only if no other run has a checkpoint or a lock there
     except OSError:
@@ -499,8 +541,14 @@ def run(
     return result
 
 
-def _train(cfg: RunConfig, paths: dict[str, Path], progress: bool, callback) -> RunResult:
-    """The training of :func:`run` (under the run's lock)."""
+def _train(cfg: RunConfig, paths: dict[str, Path], progress: bool, callback, until: int,
+           stopped: RunResult | None) -> RunResult:
+    """The training of :func:`run` (under the run's lock), up to epoch ``until``.
+
+    ``stopped``: the run's result file as far as it went, if it was stopped at an earlier budget;
+    without its checkpoint the run trains again from the start, and a warning says if the records
+    it gives differ from those in the file (another machine, or other library versions).
+    """
     device = torch.device(cfg.device)
 
     torch.manual_seed(cfg.seed)  # before building: an optimizer may draw its own seed (K-FAC's sampler)
@@ -544,8 +592,8 @@ def _train(cfg: RunConfig, paths: dict[str, Path], progress: bool, callback) -> 
         with torch.no_grad():
             return reconstruction_loss(model(xb), xb)
 
-    bar = tqdm(range(start_epoch + 1, cfg.epochs + 1), desc=paths["json"].stem, unit="epoch",
-               initial=start_epoch, total=cfg.epochs, disable=_progress_disabled(progress), leave=False)
+    bar = tqdm(range(start_epoch + 1, until + 1), desc=paths["json"].stem, unit="epoch",
+               initial=start_epoch, total=until, disable=_progress_disabled(progress), leave=False)
     for epoch in bar:
         sync(device)
         t0 = time.perf_counter()
@@ -571,27 +619,41 @@ def _train(cfg: RunConfig, paths: dict[str, Path], progress: bool, callback) -> 
                       train_time=records[-1]["train_time"] + epoch_time, lr=lr)
         records.append(record)
         bar.set_postfix(train=f"{train_loss:.3g}", test=f"{test_loss:.3g}")
-        if not (math.isfinite(train_loss) and math.isfinite(test_loss)) or \
-                train_loss > cfg.divergence_factor * records[0]["train_loss"]:
-            status, diverged_epoch = "diverged", epoch
-            break
-        best = min(r["train_loss"] for r in records[1:])
-        if any(epoch >= start and best > threshold for start, threshold in cfg.exits):
-            status, diverged_epoch = "abandoned", epoch
+        ended = exit_epoch(records, cfg.exits, cfg.divergence_factor)
+        if ended is not None:
+            status, diverged_epoch = ended
             break
         _save_checkpoint(paths["checkpoint"], cfg, model, opt, scheduler, shuffle, device, epoch, records, provenance)
         if callback is not None:
             callback(epoch, record)
     bar.close()
 
-    provenance["finished"] = now()
+    if status == "completed" and records[-1]["epoch"] < cfg.epochs:
+        status = "stopped"
+        provenance["stopped"] = now()
+    else:
+        provenance["finished"] = now()
     result = RunResult(paths["json"].stem, status, diverged_epoch, cfg,
                        [{k: (_finite(v) if isinstance(v, float) else v) for k, v in r.items()} for r in records],
                        provenance, paths["json"])
+    if stopped is not None and checkpoint is None:
+        _warn_if_retrained_differently(stopped, result)
     _write_result(result, paths)
-    paths["checkpoint"].unlink(missing_ok=True)
-    _digest_path(paths["checkpoint"]).unlink(missing_ok=True)
+    if status != "stopped":
+        paths["checkpoint"].unlink(missing_ok=True)
+        _digest_path(paths["checkpoint"]).unlink(missing_ok=True)
     return result
+
+
+def _warn_if_retrained_differently(before: RunResult, after: RunResult) -> None:
+    """A warning when a run trained again from the start disagrees with the records it had when stopped."""
+    keys = ("epoch", "train_loss", "test_loss")
+    old = [tuple(r[k] for k in keys) for r in before.records]
+    new = [tuple(r[k] for k in keys) for r in after.records[:len(old)]]
+    if old != new:
+        warnings.warn(f"{after.run_id}: its checkpoint was gone, so it trained again from the start, and its records "
+                      f"differ from those it had when stopped at epoch {before.final['epoch']} (another machine or "
+                      f"library versions); the new records replace them", stacklevel=3)
 
 
 @contextlib.contextmanager
@@ -722,36 +784,43 @@ def _init_worker(threads: int) -> None:
     os.environ["TQDM_DISABLE"] = "1"
 
 
-def _run_quietly(config: RunConfig) -> RunResult:
-    return run(config, progress=False)
+def _run_quietly(config: RunConfig, until: int | None = None) -> RunResult:
+    return run(config, progress=False, until=until)
 
 
-def sweep(configs: Iterable[RunConfig], processes: int = 1, progress: bool = True) -> list[RunResult]:
+def _reached(result: RunResult | None, until: int | None) -> bool:
+    """Whether ``result`` needs no more training for the budget ``until`` (None: to the end)."""
+    return result is not None and (result.finished or (until is not None and result.final["epoch"] >= until))
+
+
+def sweep(configs: Iterable[RunConfig], processes: int = 1, progress: bool = True,
+          until: int | None = None) -> list[RunResult]:
     """Run every configuration (finished ones are loaded, not rerun); results in input order.
 
-    ``processes > 1`` runs them in that many spawned local processes, each with
-    ``cpu_count // processes`` torch threads.  Diverged runs are results like any other; any other
-    exception stops the sweep (finished runs stay on disk, so running it again continues).
+    ``until``: train each only up to that epoch (see :func:`run`).  ``processes > 1`` runs them in
+    that many spawned local processes, each with ``cpu_count // processes`` torch threads.  Diverged
+    runs are results like any other; any other exception stops the sweep (finished runs stay on
+    disk, so running it again continues).
     """
     configs = [check(c) for c in configs]  # every config is checked before anything runs
     ids = [c.run_id for c in configs]
     unique = {rid: cfg for rid, cfg in zip(ids, configs)}
     results: dict[str, RunResult] = {}
     for rid, cfg in unique.items():
-        found = find_result(cfg)
-        if found is not None:
+        found = find_result(cfg, stopped=True)
+        if _reached(found, None if until is None else min(until, cfg.epochs)):
             results[rid] = found
     todo = [cfg for rid, cfg in unique.items() if rid not in results]
     bar = tqdm(total=len(unique), initial=len(results), desc="sweep", unit="run", disable=_progress_disabled(progress))
     if processes <= 1 or len(todo) <= 1:
         for cfg in todo:
-            results[cfg.run_id] = run(cfg, progress=progress)
+            results[cfg.run_id] = run(cfg, progress=progress, until=until)
             bar.update()
     else:
         threads = max(1, (os.cpu_count() or 1) // processes)
         with ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_init_worker, initargs=(threads,)) as pool:
-            futures = {pool.submit(_run_quietly, cfg): cfg.run_id for cfg in todo}
+            futures = {pool.submit(_run_quietly, cfg, until): cfg.run_id for cfg in todo}
             try:
                 for future in as_completed(futures):
                     results[futures[future]] = future.result()

@@ -29,6 +29,7 @@ best setting of each optimizer with the full protocol and each seed.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -91,9 +92,14 @@ def trial_config(base, setting: dict[str, Any]):
     return dataclasses.replace(trial, hparams={**trial.hparams, **setting})
 
 
+#: Statuses of a trial still in the race: completed, or stopped at a rung (not diverged or abandoned).
+ALIVE = ("completed", "stopped")
+
+
 def best_setting(results) -> dict[str, Any]:
-    """Hyper-parameters of the completed run with the lowest final training loss (the paper's criterion)."""
-    finished = [r for r in results if r.status == "completed"]
+    """Hyper-parameters of the completed (or, at a rung, stopped) run with the lowest final training loss
+    (the paper's criterion)."""
+    finished = [r for r in results if r.status in ALIVE]
     if not finished:
         raise ValueError("every trial of the grid diverged or was abandoned: widen the grid towards smaller "
                          "learning rates")
@@ -120,7 +126,7 @@ def extension(optimizer: str, trials) -> dict[str, Any] | None:
     ``trials``: the finished trials so far (grid first, then extensions in order).  The winner's value
     on its first edge axis moves past the edge by the ratio of the axis's two outermost values there.
     """
-    if len(trials) - _grid_size(optimizer) >= MAX_EXTENSIONS or not any(r.status == "completed" for r in trials):
+    if len(trials) - _grid_size(optimizer) >= MAX_EXTENSIONS or not any(r.status in ALIVE for r in trials):
         return None
     best = best_setting(trials)
     axes = _axes(optimizer, trials)
@@ -183,16 +189,79 @@ def tuned(base) -> Tuned:
     return Tuned(base.optimizer, trials, pending, setting, edges(base.optimizer, setting, trials) if setting else [])
 
 
-def tuned_setting(base) -> dict[str, Any]:
-    """The winning hyper-parameters of ``base.optimizer``'s finished search; ValueError saying what to run if none.
+def tune(bases, seeds=(), processes: int = 1, progress: bool = True, report=print, search: str = "halving") -> list:
+    """Run the search of every base configuration in turn, then the winners with the full protocol, seed by seed.
+
+    ``search``: ``"halving"`` (successive halving on the protocol's own horizon; its survivor is the
+    seed-0 final) or ``"short"`` (the 5-epoch trials, grid then extensions; every finalist seed
+    trains).  ``bases``: one float32 :class:`~locoprop.runner.RunConfig` per optimizer (the full
+    protocol: profile, dataset, device ...).  Every trial's configuration and every base is checked
+    before anything trains (a finalist differs from its base only in tuned hyper-parameters and
+    seed); finished runs are loaded, not retrained, so calling this again continues where it
+    stopped.  ``report`` gets a line per optimizer naming its winner.  Returns the results of the
+    trials (the halving's as they stood at their last rung) and of the finalists.
+    """
+    from .runner import check, run, sweep
+
+    if search not in SEARCHES:
+        raise ValueError(f"unknown search {search!r}: choose one of {', '.join(SEARCHES)}")
+    bases = list(bases)
+    for base in bases:
+        if base.precision != "fp32":
+            raise ValueError(f"the tuning and its finalists run in float32, the reference (got precision "
+                             f"{base.precision!r}): drop --precision, or compare precisions with "
+                             f"`python -m locoprop sweep --tuned --grid precision=fp32,bf16`")
+        for config in (grid_configs(base) if search == "short" else [halving_trial(base, c.hparams) for c in _grid(base)]):
+            check(config)
+        check(base)
+    best, results = {}, []
+    for base in bases:  # one optimizer's search to its end before the next one's
+        if search == "halving":
+            found = halving(base, advance=lambda configs, until: sweep(configs, processes=processes,
+                                                                       progress=progress, until=until))
+            results += [r for _, trials in found.rungs[-1:] for r in trials]
+            best[base.optimizer], edge = found.setting, found.edge
+            report(f"{base.optimizer}: survivor {found.setting} after {found.budget} epochs of trials"
+                   + (f" (on the edge of its grid in {', '.join(edge)})" if edge else ""))
+        else:
+            runs = sweep(grid_configs(base), processes=processes, progress=progress)
+            while (setting := extension(base.optimizer, runs)) is not None:
+                runs.append(run(trial_config(base, setting), progress=progress))
+            results += runs
+            best[base.optimizer], edge = best_setting(runs), edges(base.optimizer, best_setting(runs), runs)
+            if seeds:
+                report(f"{base.optimizer}: best trial {best[base.optimizer]}"
+                       + (f" (still on the edge of its grid in {', '.join(edge)})" if edge else ""))
+    if not seeds:
+        return results
+    for seed in seeds:
+        if search == "halving" and seed == 0:
+            continue  # the survivor of the halving is the seed-0 final
+        configs = [c for base in bases for c in finalist_configs(base, best[base.optimizer], [seed])]
+        results += sweep(configs, processes=processes, progress=progress)
+    return results
+
+
+def tuned_setting(base, search: str = "halving") -> dict[str, Any]:
+    """The winning hyper-parameters of ``base.optimizer``'s finished ``search``; ValueError saying what to run if none.
 
     The search is the float32 one of ``base``'s run settings with the default hyper-parameters,
     whatever ``base``'s own seed, precision and hyper-parameters are (and, on a profile with a
     trial horizon, its epochs).
     """
-    found = tuned(dataclasses.replace(base, precision="fp32", hparams={}))
-    command = (f"`python -m locoprop tune --optimizer {base.optimizer} --profile {base.profile} "
+    if search not in SEARCHES:
+        raise ValueError(f"unknown search {search!r}: choose one of {', '.join(SEARCHES)}")
+    plain = dataclasses.replace(base, precision="fp32", hparams={}, exits=())
+    command = (f"`python -m locoprop tune --search {search} --optimizer {base.optimizer} --profile {base.profile} "
                f"--dataset {base.dataset or 'DATASET'}`")
+    if search == "halving":
+        found = halving(plain)
+        if not found.complete:
+            reached = found.rungs[-1][0] if found.rungs else 0
+            raise ValueError(f"the successive halving of {base.optimizer} is not finished (last rung reached: epoch "
+                             f"{reached}): run {command} first")
+        return dict(found.setting)
+    found = tuned(plain)
     if not found.complete:
         raise ValueError(f"the trials of {base.optimizer} are not finished ({len(found.trials)} done, "
                          f"{found.pending} to go): run {command} first")
@@ -202,40 +271,149 @@ def tuned_setting(base) -> dict[str, Any]:
     return dict(found.setting)
 
 
-def tune(bases, seeds=(), processes: int = 1, progress: bool = True, report=print) -> list:
-    """Run the search of every base configuration in turn (its grid, then its extensions), then the winners
-    with the full protocol, seed by seed.
+# --------------------------------------------------------------------------- successive halving
+"""Successive halving on the protocol's own horizon (``search="halving"``).
 
-    ``bases``: one float32 :class:`~locoprop.runner.RunConfig` per optimizer (the full protocol:
-    profile, dataset, device ...).  Every grid trial and every base is checked before anything trains
-    (a finalist differs from its base only in tuned hyper-parameters and seed); finished runs are
-    loaded, not retrained, so calling this again continues where it stopped.  ``report`` gets a line
-    per optimizer naming its winner.  Returns the results of the trials and of the finalists.
+The trials are the full protocol itself (100 epochs, 5 warm-up, linear decay over the 100; seed 0,
+float32, the early exits :data:`EXITS` throughout), stopped at the rungs :data:`RUNGS` (10, 25,
+50, 100 epochs).  Every grid point trains to the first rung; if the best is on an edge of its grid,
+the extension rule above adds up to :data:`MAX_EXTENSIONS` trials beyond it, trained to the same
+rung.  At each rung the better half by training loss (:data:`BUDGET` / 2, / 4 ...) continues from
+its checkpoint to the next rung, so no epoch is trained twice; diverged and abandoned trials never
+continue.  The survivor of the last rung has trained the whole protocol: it is the optimizer's
+seed-0 final, and its setting the tuned one.  Budget: 8 x 10 + 4 x 15 + 2 x 25 + 1 x 50 = 240
+epochs per optimizer, plus 10 per extension.
+
+A finished run of the same configuration without the exits (a final of an earlier search, or a
+plain ``sweep``) stands for the trial: the exits only stop a run, so its records are the trial's up
+to the epoch where :func:`locoprop.runner.exit_epoch` says the trial would have stopped.
+"""
+
+#: Rung ends (epochs) of successive halving per profile; the last is the profile's full horizon.
+RUNGS: dict[str, tuple[int, ...]] = {"paper": (10, 25, 50, 100), "smoke": (2, 5, 10)}
+SEARCHES = ("halving", "short")
+
+
+def halving_trial(base, setting: dict[str, Any]):
+    """The trial of ``setting``: ``base`` (the full protocol) with seed 0, float32 and the profile's early exits."""
+    return dataclasses.replace(base, hparams={**base.hparams, **setting}, seed=0, precision="fp32",
+                               exits=EXITS.get(base.profile, ()))
+
+
+def _rungs(base) -> tuple[int, ...]:
+    from .runner import PROFILES
+
+    epochs = base.epochs if base.epochs is not None else PROFILES[base.profile].epochs
+    rungs = tuple(r for r in RUNGS.get(base.profile, ()) if r < epochs) + (epochs,)
+    return rungs
+
+
+def _observe(config, rung: int):
+    """The trial ``config`` as it stood at epoch ``rung``: a RunResult whose records end there (or where the
+    trial stopped early, status diverged or abandoned; ``stopped`` while alive before the end), or None if
+    neither its own result file nor a finished twin without the exits reaches that far."""
+    from .runner import exit_epoch, find_result
+
+    result = find_result(config, stopped=True)
+    if result is None and config.exits:
+        result = find_result(dataclasses.replace(config, exits=()))
+    if result is None:
+        return None
+    ended = exit_epoch(result.records, config.exits, config.divergence_factor)
+    if ended is not None and ended[1] <= rung:
+        status, epoch = ended
+    elif result.final["epoch"] >= rung:
+        status, epoch = ("completed" if rung >= config.resolve().epochs else "stopped"), rung
+    else:
+        return None
+    return dataclasses.replace(result, status=status, diverged_epoch=epoch if status not in ALIVE else None,
+                               records=result.records[:epoch + 1])
+
+
+@dataclass
+class Halving:
+    """Successive halving of one optimizer as far as it has gone.
+
+    ``rungs``: per rung reached, ``(epoch, trials)`` with every trial of that rung as it stood there
+    (:func:`_observe`), best first among the alive; ``kept``: the settings continued from each rung.
+    ``setting``/``final``: the survivor's setting and 100-epoch run once the search is complete.
     """
-    from .runner import check, run, sweep
 
-    bases = list(bases)
-    for base in bases:
-        if base.precision != "fp32":
-            raise ValueError(f"the tuning and its finalists run in float32, the reference (got precision "
-                             f"{base.precision!r}): drop --precision, or compare precisions with "
-                             f"`python -m locoprop sweep --tuned --grid precision=fp32,bf16`")
-        for config in grid_configs(base):
-            check(config)
-        check(base)
-    trials = {}
-    for base in bases:  # one optimizer's search to its end (grid, then extensions) before the next one's
-        runs = trials[base.optimizer] = sweep(grid_configs(base), processes=processes, progress=progress)
-        while (setting := extension(base.optimizer, runs)) is not None:
-            runs.append(run(trial_config(base, setting), progress=progress))
-    results = [r for runs in trials.values() for r in runs]
-    if not seeds:
-        return results
-    best = {name: best_setting(runs) for name, runs in trials.items()}
-    for name, setting in best.items():
-        edge = edges(name, setting, trials[name])
-        report(f"{name}: best trial {setting}" + (f" (still on the edge of its grid in {', '.join(edge)})" if edge else ""))
-    for seed in seeds:
-        configs = [c for base in bases for c in finalist_configs(base, best[base.optimizer], [seed])]
-        results += sweep(configs, processes=processes, progress=progress)
-    return results
+    optimizer: str
+    rungs: list                  # [(epoch, [RunResult at that epoch, ranked])]
+    kept: list                   # [[settings continued from that rung]]
+    pending: int                 # trials of the current rung that have not reached it yet
+    setting: dict[str, Any] | None
+    final: Any                   # RunResult of the survivor's full run, or None
+    extensions: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.setting is not None
+
+    @property
+    def budget(self) -> int:
+        """Epochs the search trains: each trial up to the last rung it reached (or where it stopped early)."""
+        reached: dict[str, int] = {}
+        for _, trials in self.rungs:
+            for r in trials:
+                key = json.dumps(r.config.hparams, sort_keys=True)
+                reached[key] = max(reached.get(key, 0), r.final["epoch"])
+        return sum(reached.values())
+
+    @property
+    def edge(self) -> list[str]:
+        if self.setting is None or not self.rungs:
+            return []
+        return edges(self.optimizer, self.setting, self.rungs[0][1])
+
+
+def halving(base, advance=None) -> Halving:
+    """Successive halving of ``base.optimizer`` (see above), synchronous: every trial of a rung reaches it
+    before any continues.
+
+    ``base``: the full protocol (profile, dataset, device ...).  ``advance(configs, until)`` trains
+    the trials up to epoch ``until`` (e.g. ``lambda cs, e: sweep(cs, until=e)``); without it nothing
+    trains and the search is read from the files on disk as far as they go.
+    """
+    from .runner import find_result
+
+    if base.optimizer not in GRIDS:
+        raise ValueError(f"no tuning grid for {base.optimizer!r}: choose one of {', '.join(GRIDS)}")
+    points = [c.hparams for c in _grid(base)]
+    population = [halving_trial(base, p) for p in points]
+    rungs, kept, extensions = [], [], 0
+    for index, rung in enumerate(_rungs(base)):
+        if advance is not None:
+            advance(population, rung)
+        seen = [_observe(c, rung) for c in population]
+        if index == 0:
+            while None not in seen and (setting := extension(base.optimizer, seen)) is not None:
+                population.append(halving_trial(base, setting))
+                extensions += 1
+                if advance is not None:
+                    advance(population[-1:], rung)
+                seen.append(_observe(population[-1], rung))
+        missing = sum(r is None for r in seen)
+        if missing:
+            return Halving(base.optimizer, rungs, kept, missing, None, None, extensions)
+        ranked = sorted(seen, key=lambda r: (r.status not in ALIVE, r.final["train_loss"] if r.status in ALIVE else 0.0))
+        rungs.append((rung, ranked))
+        alive = [r for r in ranked if r.status in ALIVE]
+        if not alive:
+            raise ValueError(f"every trial of {base.optimizer} diverged or was abandoned by epoch {rung}: widen its grid "
+                             f"towards smaller learning rates (locoprop.tuning.GRIDS)")
+        survivors = alive[:max(1, BUDGET // 2 ** (index + 1))]
+        kept.append([r.config.hparams for r in survivors])
+        population = [halving_trial(base, {k: v for k, v in r.config.hparams.items()}) for r in survivors]
+    winner = rungs[-1][1][0]
+    setting = {k: winner.config.hparams[k] for k in GRIDS[base.optimizer]}
+    trial = halving_trial(base, setting)
+    final = find_result(trial) or find_result(dataclasses.replace(trial, exits=()))
+    return Halving(base.optimizer, rungs, kept, 0, setting, final, extensions)
+
+
+def _grid(base):
+    from .runner import grid
+
+    return grid(dataclasses.replace(base, hparams={}), **GRIDS[base.optimizer])

@@ -37,7 +37,7 @@ def test_the_lowest_final_training_loss_wins_and_diverged_runs_are_ignored(tmp_p
 
 def test_tune_command_runs_the_grid_then_the_finalists(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(tuning.GRIDS, "sgd", {"lr": [1e-3, 0.1]})
-    code = main(["tune", "--optimizer", "sgd", "--finalists", "--seeds", "0,1", "--epochs", "2", "--subset", "200",
+    code = main(["tune", "--search", "short", "--optimizer", "sgd", "--finalists", "--seeds", "0,1", "--epochs", "2", "--subset", "200",
                  "--results-dir", str(tmp_path), "--quiet"])
     assert code == 0
     out = capsys.readouterr().out
@@ -50,7 +50,7 @@ def test_tune_command_runs_the_grid_then_the_finalists(tmp_path, monkeypatch, ca
     assert found.complete and found.extensions == 1 and found.setting == {"lr": 0.1} and found.edge == []
     # the tuned setting serves any seed and precision of a sweep: seed 1 fp32 is the finalist already trained
     capsys.readouterr()
-    assert main(["sweep", "--tuned", "--optimizer", "sgd", "--seeds", "0,1", "--epochs", "2", "--subset", "200",
+    assert main(["sweep", "--tuned", "--search", "short", "--optimizer", "sgd", "--seeds", "0,1", "--epochs", "2", "--subset", "200",
                  "--results-dir", str(tmp_path), "--quiet"]) == 0
     assert capsys.readouterr().out.count("(found finished)") == 2
 
@@ -59,7 +59,7 @@ def test_tuning_runs_in_float32_and_a_sweep_needs_finished_trials(tmp_path, caps
     args = ["--optimizer", "sgd", "--epochs", "2", "--subset", "200", "--results-dir", str(tmp_path), "--quiet"]
     assert main(["tune", "--precision", "bf16", *args]) == 2
     assert "float32" in capsys.readouterr().err
-    assert main(["sweep", "--tuned", *args]) == 2
+    assert main(["sweep", "--tuned", "--search", "short", *args]) == 2
     assert "not finished (0 done, 8 to go)" in capsys.readouterr().err
     assert not list(tmp_path.rglob("*.json"))
 

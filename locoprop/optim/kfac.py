@@ -318,12 +318,16 @@ class KFAC(torch.optim.Optimizer):
     def _sample_targets(self, preact: Tensor) -> Tensor:
         r"""Labels :math:`y \sim p(y \mid f(A_K))` from the model's output distribution."""
         name = self.capture.layers[-1].transfer.name
+        # A non-finite output (a diverging run) samples from a uniform distribution instead of raising:
+        # the step then spreads the non-finite values, and the run's evaluation records the divergence.
         if name == "sigmoid":
-            return torch.bernoulli(torch.sigmoid(preact), generator=self._generator)
+            return torch.bernoulli(torch.sigmoid(preact).nan_to_num(0.5), generator=self._generator)
         noise = torch.randn(preact.shape, generator=self._generator, dtype=preact.dtype, device=preact.device)
         if name == "identity":
             return preact + noise
-        index = torch.multinomial(torch.softmax(preact, -1), 1, generator=self._generator)
+        probs = torch.softmax(preact, -1)
+        probs = torch.where(torch.isfinite(probs).all(-1, keepdim=True), probs, 1.0)
+        index = torch.multinomial(probs, 1, generator=self._generator)
         return torch.zeros_like(preact).scatter_(1, index, 1.0)
 
     def _per_example_grads(self, group: dict) -> list[Tensor]:

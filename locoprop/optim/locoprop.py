@@ -16,14 +16,18 @@ plus, optionally, the proximal term :math:`\tfrac1{2\eta}\|\bar W - \bar W^t\|^2
 (S) or :math:`f(\hat A) - Y^\dagger` (M), so the first local gradient is exactly :math:`\gamma\nabla_{\bar W}\mathcal L`.
 Local step :math:`j = 0..T-1` uses the learning rate :math:`\nu\max(1 - j/T, \text{lr\_floor})`.
 
-**Precision of the local products** (``products``).  ``"float32"`` recomputes
-:math:`\hat A = \bar X\bar W^\top` at every local iteration.  ``"bfloat16"`` computes the two products
-of an iteration in bfloat16 with float32 accumulation, and :math:`\hat A` as
-:math:`A + \bar X(\bar W - \bar W^t)^\top`: the pre-activation :math:`A` recorded in the forward pass (float32;
-under ``torch.autocast`` the forward product's output, upcast once) plus a bfloat16 product of the
-(small) displacement only.  Recomputing :math:`\hat A` in bfloat16 would bury :math:`\gamma G` (about
-:math:`10^{-2}` of :math:`A` at the paper's settings) in rounding noise of relative size
-:math:`2^{-8}`; with the displacement form the first residual is exactly :math:`\gamma G`, as in float32.
+**Displacement form.**  Every local iteration takes :math:`\hat A` as :math:`A + \bar X(\bar W - \bar W^t)^\top`:
+the pre-activation :math:`A` recorded in the forward pass plus a product of the (small) displacement
+only, never as :math:`\bar X\bar W^\top` afresh.  Recomputing :math:`\hat A` would bury the first
+residual :math:`\gamma G` (about :math:`10^{-2}` of :math:`A` at the paper's settings) in the rounding noise
+of the product: relative :math:`2^{-8}` in bfloat16, :math:`2^{-11}` under TF32 (CUDA's
+``allow_tf32``, ``torch.set_float32_matmul_precision("high")``), :math:`2^{-24}` in float32.  With the
+displacement form the first residual is exactly :math:`\gamma G` in every precision, and later ones
+carry the product's rounding only on the displacement.
+
+**Precision of the local products** (``products``).  ``"float32"`` or ``"bfloat16"``: the two products
+of an iteration (the displacement's and the gradient's) in that dtype, with float32 accumulation
+(under ``torch.autocast`` the recorded :math:`A` is the forward product's output, upcast once).
 Weights, gradients, targets and the inner optimizer's state stay float32.
 """
 from __future__ import annotations
@@ -340,9 +344,8 @@ class LocoProp(torch.optim.Optimizer):
         ]
         global_grads = [p.grad for p in self._params()]
         low = PRODUCTS[self.products]
-        starts = [[p.detach().clone() for p in layer.params] if group["eta"] is not None or low else None
-                  for layer, group in zip(layers, groups)]
-        low_inputs = [layer.inputs.to(low) for layer in layers] if low else [None] * len(layers)
+        starts = [[p.detach().clone() for p in layer.params] for layer in layers]
+        low_inputs = [layer.inputs.to(low) for layer in layers] if low else [layer.inputs for layer in layers]
         # Local iteration j of every layer, then one inner step over all layers (one multi-tensor
         # update instead of one per layer; the layers' problems stay independent).
         for j in range(max(group["local_iters"] for group in groups)):
@@ -364,26 +367,22 @@ class LocoProp(torch.optim.Optimizer):
     def _params(self) -> list[nn.Parameter]:
         return [p for layer in self.capture.layers for p in layer.params]
 
-    def _local_gradient(self, layer: CapturedLayer, target: Tensor, start: list[Tensor] | None, eta: float | None,
-                        x_low: Tensor | None = None) -> None:
-        r"""Set ``.grad`` of the layer's weight and bias to :math:`\delta^\top\bar X + \eta^{-1}(\bar W - \bar W^t)`.
-
-        With ``x_low`` (the inputs in the low precision of ``products``) the products are taken in that
-        precision and :math:`\hat A = A + \bar X(\bar W - \bar W^t)^\top` (``start`` holds :math:`\bar W^t`).
+    def _local_gradient(self, layer: CapturedLayer, target: Tensor, start: list[Tensor], eta: float | None,
+                        x_low: Tensor) -> None:
+        r"""Set ``.grad`` of the layer's weight and bias to :math:`\delta^\top\bar X + \eta^{-1}(\bar W - \bar W^t)`,
+        with :math:`\hat A = A + \bar X(\bar W - \bar W^t)^\top` (``start`` holds :math:`\bar W^t`) and the two
+        products taken in the dtype of ``x_low`` (the layer inputs in the precision of ``products``).
         """
         module, x = layer.module, layer.inputs
-        if x_low is None:
-            preact_hat = nn.functional.linear(x, module.weight, module.bias)
-        else:
-            shift = (module.weight - start[0]).to(x_low.dtype)
-            preact_hat = layer.preact + (x_low @ shift.T).to(x.dtype)
-            if module.bias is not None:
-                preact_hat = preact_hat + (module.bias - start[1])
+        shift = (module.weight - start[0]).to(x_low.dtype)
+        preact_hat = layer.preact + (x_low @ shift.T).to(x.dtype)
+        if module.bias is not None:
+            preact_hat = preact_hat + (module.bias - start[1])
         delta = local_residual(self.variant, layer.transfer, preact_hat, target)
-        module.weight.grad = delta.T @ x if x_low is None else (delta.to(x_low.dtype).T @ x_low).to(x.dtype)
+        module.weight.grad = (delta.to(x_low.dtype).T @ x_low).to(x.dtype)
         if module.bias is not None:
             module.bias.grad = delta.sum(dim=0)
-        if start is not None and eta is not None:
+        if eta is not None:
             for p, p0 in zip(layer.params, start):
                 p.grad.add_(p - p0, alpha=1.0 / eta)
 

@@ -30,10 +30,12 @@ momentum buffer :math:`b \leftarrow \mu b + D`, and :math:`w \leftarrow w - \tex
 Nesterov, :math:`D + \mu b)`.
 
 **Inverse roots** are recomputed every ``precondition_frequency`` steps (from
-``start_preconditioning_step`` on) by ``torch.linalg.eigh``, batched over all statistics of equal
-size across parameters, with eigenvalues clamped at 0 and a pseudo-inverse where
-:math:`\lambda + \epsilon = 0`; a failed float32 decomposition is retried in float64, and if that
-fails too (or returns non-finite values) the previous root is kept.  The step has no
+``start_preconditioning_step`` on) by ``torch.linalg.eigh`` in float64 (rounded once to the
+parameters' dtype: a float32 decomposition's eigenvalue errors are as large as a relative
+:math:`\epsilon = 10^{-6}`, so the smallest directions' roots would swing with its rounding; see
+:func:`locoprop.optim.linalg.inverse_root`), batched over all statistics of equal size across
+parameters, with eigenvalues clamped at 0 and a pseudo-inverse where :math:`\lambda + \epsilon = 0`;
+if a decomposition fails (or returns non-finite values) the previous root is kept.  The step has no
 ``.item()``; the only host synchronisation is the convergence check inside ``torch.linalg.eigh``
 on CUDA, on root-update steps only.
 

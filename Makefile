@@ -24,16 +24,17 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q tests
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q tests -m "not slow"
 
 reproduce: $(STAMP)
-	$(PY) -m locoprop.reproduce --profile $(PROFILE) $(if $(DATASET),--dataset $(DATASET)) $(if $(DEVICE),--device $(DEVICE)) $(if $(NOTEBOOK),--notebook $(NOTEBOOK))
+	$(PY) -m locoprop reproduce --profile $(PROFILE) $(if $(DATASET),--dataset $(DATASET)) $(if $(DEVICE),--device $(DEVICE)) $(if $(NOTEBOOK),--notebook $(NOTEBOOK))
 
 book: $(STAMP)
-	$(PY) -m locoprop.reproduce --profile $(PROFILE) --reuse
+	$(PY) -m locoprop reproduce --profile $(PROFILE) --reuse
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 	@echo "The site is at $(CURDIR)/_build/html/index.html"
 

@@ -1,7 +1,7 @@
-"""``python -m locoprop``: see :mod:`locoprop.cli`."""
+"""``python -m locoprop``: the command line of the experiment harness (:mod:`locoprop.experiments.cli`)."""
 import sys
 
-from .cli import main
+from .experiments.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -40,8 +40,8 @@
 # the top of the page). From the repository root:
 #
 # ```bash
-# python -m locoprop.reproduce --profile smoke --notebook 01_local_losses
-# python -m locoprop.reproduce --profile paper --notebook 01_local_losses
+# python -m locoprop reproduce --profile smoke --notebook 01_local_losses
+# python -m locoprop reproduce --profile paper --notebook 01_local_losses
 # ```
 #
 # or with papermill itself: `jupytext --to ipynb -o - notebooks/01_local_losses.py | papermill -

@@ -60,8 +60,8 @@
 # the top of the page). From the repository root:
 #
 # ```bash
-# python -m locoprop.reproduce --profile smoke --notebook 02_preconditioning
-# python -m locoprop.reproduce --profile paper --dataset fashion-mnist --device cpu \
+# python -m locoprop reproduce --profile smoke --notebook 02_preconditioning
+# python -m locoprop reproduce --profile paper --dataset fashion-mnist --device cpu \
 #     --notebook 02_preconditioning
 # ```
 #
@@ -87,10 +87,11 @@ import seaborn as sns
 import torch
 import torch.nn.functional as F
 
-from locoprop import data, make_optimizer, models
+from locoprop import make_optimizer, models
+from locoprop.experiments import data
 from locoprop.capture import LayerCapture
 from locoprop.optim.locoprop import closed_form_s, implicit_m, local_iterates, replay_local_iterations
-from locoprop.runner import DEFAULT_SIZES, PROFILES
+from locoprop.experiments.config import DEFAULT_SIZES, PROFILES
 
 sns.set_theme(context="notebook", style="whitegrid", font_scale=1.35)
 torch.manual_seed(0)

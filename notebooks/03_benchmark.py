@@ -19,16 +19,16 @@
 # momentum, Nesterov, AdaGrad, RMSProp, Adam), with K-FAC and Shampoo, and with LocoProp-S and
 # LocoProp-M, and compare the training loss (sigmoid cross-entropy summed over the pixels, nats per
 # image) against epochs and against wall-clock time. Every optimizer runs through the same training
-# loop, `locoprop.runner`; every run writes a result file under `data/results/<profile>/`, and a
+# loop, `locoprop.experiments.train`; every run writes a result file under `data/results/<profile>/`, and a
 # run whose result file exists is loaded instead of retrained, so this notebook draws the committed
 # results without training anything.
 #
 # * **Paper scale** (the first part): the paper's protocol on the full 60,000-image training set
 #   (784-1000-500-250-30-250-500-1000-784 autoencoder, batch 1000, 100 epochs with 5 warm-up
 #   epochs then linear decay), every optimizer tuned with the same budget
-#   (`locoprop.tuning`), in float32 on a 2-core CPU.
+#   (`locoprop.experiments.tuning`), in float32 on a 2-core CPU.
 # * **Smoke scale** (the second part): the bundled 8×8 digits, a scaled-down autoencoder, 10
-#   epochs, the fixed settings of `locoprop.runner.DEFAULT_HPARAMS`. It is what continuous
+#   epochs, the fixed settings of `locoprop.experiments.config.DEFAULT_HPARAMS`. It is what continuous
 #   integration re-trains; it checks the pipeline, it is not a reproduction of the paper.
 #
 # :::{admonition} Run it yourself
@@ -36,7 +36,7 @@
 #
 # This page is the jupytext notebook {download}`notebooks/03_benchmark.py <03_benchmark.py>`, executed
 # with papermill into {download}`notebooks/03_benchmark.ipynb <03_benchmark.ipynb>`. From the
-# repository root, `python -m locoprop.reproduce --profile smoke --notebook 03_benchmark` redraws
+# repository root, `python -m locoprop reproduce --profile smoke --notebook 03_benchmark` redraws
 # this page from the committed result files (it re-trains only the smoke runs that are missing: about
 # a minute on a 2-core CPU). The paper-scale runs are made by the commands of the
 # [Reproduce](../book/reproduce.md) page (or by this notebook with `--profile paper --dataset
@@ -65,14 +65,17 @@ import torch
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from locoprop import data
-from locoprop.claims import verdicts
+from locoprop.experiments import data
+from locoprop.experiments.claims import verdicts
 from locoprop.models import deep_autoencoder, entropy_floor, mean_image_loss, reconstruction_loss
 from locoprop.optim import FIRST_ORDER, OPTIMIZERS
-from locoprop.plotting import LABELS, PALETTE, cut_loss_axis, log_loss_axis
-from locoprop.results import load_results, load_runs, summary, time_to_target
-from locoprop.runner import PROFILES, RunConfig, default_results_dir, run, sweep
-from locoprop.tuning import BUDGET, GRIDS, TRIAL_HORIZON, finalist_configs, tune, tuned
+from locoprop.experiments.plotting import LABELS, PALETTE, cut_loss_axis, log_loss_axis
+from locoprop.experiments.results import load_results, load_runs, summary, time_to_target
+from locoprop.experiments.config import PROFILES, RunConfig, default_results_dir
+from locoprop.experiments.sweep import sweep
+from locoprop.experiments.train import run
+from locoprop.experiments.sweep import tune
+from locoprop.experiments.tuning import BUDGET, GRIDS, TRIAL_HORIZON, finalist_configs, tuned
 
 sns.set_theme(context="notebook", style="whitegrid", font_scale=1.15)
 pd.set_option("display.max_colwidth", None)  # tables show whole cells (the claims' evidence, the grids), not "..."
@@ -172,7 +175,7 @@ else:
 # ### Tuning: the same budget for every optimizer
 #
 # Each optimizer gets the same number of trials on the knobs its literature tunes
-# (`locoprop.tuning.GRIDS`), each trial a short run of the paper protocol; the official notebook's
+# (`locoprop.experiments.tuning.GRIDS`), each trial a short run of the paper protocol; the official notebook's
 # early exits abandon a trial whose best training loss exceeds 600 nats (above the initial loss) so
 # that a dead setting costs one epoch. The setting with the lowest final training loss of its trials
 # wins and is trained with the full protocol. A winner on the edge of a numeric axis of its grid
@@ -470,7 +473,7 @@ for key, value in estimates.items():
 # %% [markdown]
 # ### The paper's claims against this evidence
 #
-# Each verdict below is computed from the result files by `locoprop.claims.verdicts` (the rules are
+# Each verdict below is computed from the result files by `locoprop.experiments.claims.verdicts` (the rules are
 # in its documentation and in the claim's wording); none is typed by hand. The wall-clock claim is
 # judged at the harder of the two targets above, the best first-order method's final loss: the
 # halfway level is reached within the first few epochs, so that target compares little more than
@@ -503,7 +506,7 @@ claims_table
 # ## Smoke scale
 #
 # The small runs that continuous integration re-trains: digits, a scaled-down autoencoder, 10
-# epochs, the fixed settings of `locoprop.runner.DEFAULT_HPARAMS`, one seed.
+# epochs, the fixed settings of `locoprop.experiments.config.DEFAULT_HPARAMS`, one seed.
 
 # %% tags=["hide-input"]
 # NBVAL_IGNORE_OUTPUT

@@ -26,7 +26,7 @@
 # 3. the inner optimizer of LocoProp-M: TF1-style RMSProp (the paper's), plain gradient descent
 #    (`torch.optim.SGD`) and Adam, each over a small grid of inner learning rates.
 #
-# All runs go through `locoprop.runner`; finished runs are loaded from their result files under
+# All runs go through `locoprop.experiments.train`; finished runs are loaded from their result files under
 # `data/results/<profile>/` rather than retrained.
 #
 # :::{admonition} Run it yourself
@@ -37,8 +37,8 @@
 # repository root:
 #
 # ```bash
-# python -m locoprop.reproduce --profile smoke --notebook 04_ablations
-# python -m locoprop.reproduce --profile paper --dataset fashion-mnist --notebook 04_ablations
+# python -m locoprop reproduce --profile smoke --notebook 04_ablations
+# python -m locoprop reproduce --profile paper --dataset fashion-mnist --notebook 04_ablations
 # ```
 #
 # The smoke runs train in about a minute and a half on a 2-core CPU (86 s measured with no result
@@ -68,9 +68,10 @@ from IPython.display import Markdown, display
 from myst_nb import glue
 
 from locoprop.optim.locoprop import step_sum
-from locoprop.plotting import LABELS, PALETTE, log_loss_axis, log_x_axis
-from locoprop.results import load_results, load_runs
-from locoprop.runner import PROFILES, RunConfig, default_results_dir, grid, sweep
+from locoprop.experiments.plotting import LABELS, PALETTE, log_loss_axis, log_x_axis
+from locoprop.experiments.results import load_results, load_runs
+from locoprop.experiments.config import PROFILES, RunConfig, default_results_dir, grid
+from locoprop.experiments.sweep import sweep
 
 sns.set_theme(context="notebook", style="whitegrid")
 VARIANTS = {"locoprop-s": "LocoProp-S", "locoprop-m": "LocoProp-M"}
@@ -270,11 +271,11 @@ show(i_final.rename(columns={"lr_inner": "Î½"}).set_index(["inner optimizer", "Î
 # the curves? Each optimizer with its tuned setting trains 10 epochs of the paper protocol (1
 # warm-up epoch, then linear decay; Fashion-MNIST, seed 0) once in float32 and once in bfloat16, and
 # the relative difference of the final training loss is compared with 0.5 %, the limit under which
-# this package offers bfloat16 for an optimizer (`locoprop.precision`).
+# this package offers bfloat16 for an optimizer (`locoprop.experiments.bf16_check`).
 
 # %% tags=["hide-input"]
 from locoprop.optim import OPTIMIZERS
-from locoprop.precision import CHECK, TOLERANCE, check_configs
+from locoprop.experiments.bf16_check import CHECK, TOLERANCE, check_configs
 
 check_dataset = dataset if profile == "paper" else "fashion-mnist"
 configs = check_configs(check_dataset, device=device if profile == "paper" else "cpu", results_dir=results_dir)

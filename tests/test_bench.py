@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from locoprop import bench
+from locoprop.experiments import bench
 
 SIZES = (16, 12, 4, 12, 16)
 B = 50

@@ -3,7 +3,7 @@ import math
 
 import pandas as pd
 
-from locoprop.claims import COMPARABLE, verdicts
+from locoprop.experiments.claims import COMPARABLE, verdicts
 
 
 def finals(**losses):

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from locoprop import data
-from locoprop.cli import main, parse_value
+from locoprop.experiments import data
+from locoprop.experiments.cli import main, parse_value
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--epochs", "2", "--subset", "200", "--quiet"]
@@ -107,14 +107,9 @@ def test_help(command, capsys):
 
 
 def test_bench_forwards_its_arguments(monkeypatch):
-    import importlib.util
-    import types
+    from locoprop.experiments import bench
 
     seen = []
-    fake = types.ModuleType("locoprop.bench")
-    fake.main = lambda argv: seen.append(argv) or 0
-    monkeypatch.setitem(sys.modules, "locoprop.bench", fake)
-    monkeypatch.setattr("locoprop.bench", fake, raising=False)
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(bench, "main", lambda argv: seen.append(argv) or 0)
     assert main(["bench", "--steps", "3", "--device", "cpu"]) == 0
     assert seen == [["--steps", "3", "--device", "cpu"]]

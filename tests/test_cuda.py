@@ -31,7 +31,8 @@ def test_steps_on_cuda_equal_steps_on_cpu(name, digits, train_on_digits, devices
 
 
 def test_runner_trains_on_cuda(tmp_path):
-    from locoprop.runner import RunConfig, run
+    from locoprop.experiments.config import RunConfig
+    from locoprop.experiments.train import run
 
     result = run(RunConfig(optimizer="locoprop-m", dataset="digits", profile="smoke", epochs=3, device="cuda",
                            results_dir=str(tmp_path)), progress=False)
@@ -41,7 +42,7 @@ def test_runner_trains_on_cuda(tmp_path):
 
 
 def test_benchmark_reports_gpu_memory():
-    from locoprop import bench
+    from locoprop.experiments import bench
 
     data = torch.rand(2000, 784)
     contenders = [c for c in bench.CONTENDERS if c.optimizer in ("rmsprop", "locoprop-m")]

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from locoprop import data
-from locoprop.data import DataError
+from locoprop.experiments import data
+from locoprop.experiments.data import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ["LOCOPROP_DATA_DIR"]) if os.environ.get("LOCOPROP_DATA_DIR") else REPO.parent / "shared" / "data"

@@ -1,6 +1,6 @@
 """The executed notebooks: present, executed from their current sources, and reproducible.
 
-``notebooks/NAME.py`` (jupytext) is the source of each notebook; ``python -m locoprop.reproduce``
+``notebooks/NAME.py`` (jupytext) is the source of each notebook; ``python -m locoprop reproduce``
 executes it with papermill into ``notebooks/NAME.ipynb``, which is committed with its outputs.
 Here we check that each executed notebook belongs to its source and finished without errors, and
 re-run the smoke-profile ones with nbval, which compares every cell's fresh outputs with the stored
@@ -18,7 +18,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from locoprop import reproduce
+from locoprop.experiments import reproduce
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
@@ -28,7 +28,7 @@ SANITIZE = ROOT / "tests" / "nbval_sanitize.cfg"
 def _executed(name: str) -> nbformat.NotebookNode:
     path = NOTEBOOK_DIR / f"{name}.ipynb"
     if not path.exists():
-        pytest.fail(f"{path} is missing: run `python -m locoprop.reproduce --profile smoke --notebook {name}`")
+        pytest.fail(f"{path} is missing: run `python -m locoprop reproduce --profile smoke --notebook {name}`")
     return nbformat.read(path, as_version=4)
 
 
@@ -47,7 +47,7 @@ def test_executed_notebook_is_current(name):
     record = nb.metadata.get("locoprop", {})
     assert record.get("source_sha256") == reproduce.source_hash(NOTEBOOK_DIR / f"{name}.py"), (
         f"notebooks/{name}.ipynb was not executed from the current notebooks/{name}.py: run "
-        f"`python -m locoprop.reproduce --profile smoke --notebook {name}`"
+        f"`python -m locoprop reproduce --profile smoke --notebook {name}`"
     )
     assert set(record.get("parameters", {})) >= {"profile", "dataset", "device"}
     assert not nb.metadata.get("papermill", {}).get("exception"), f"{name} raised an exception when executed"

@@ -5,7 +5,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from locoprop.plotting import cut_loss_axis  # noqa: E402
+from locoprop.experiments.plotting import cut_loss_axis  # noqa: E402
 
 
 def test_cut_loss_axis_sets_the_top_and_names_the_curves_above_it():

@@ -1,7 +1,8 @@
 """bfloat16 products against float32: the error bounds of the arithmetic, the dtypes that stay float32,
-and where bf16 is offered (locoprop.precision, locoprop.runner.products)."""
+and where bf16 is offered (locoprop.experiments.bf16_check, locoprop.experiments.train.products)."""
 import contextlib
 import dataclasses
+import json
 import warnings
 
 import pytest
@@ -9,10 +10,12 @@ import torch
 from torch import nn
 
 import locoprop
-from locoprop import precision
+from locoprop.experiments import bf16_check
 from locoprop.models import deep_autoencoder, reconstruction_loss
 from locoprop.optim import OPTIMIZERS, make_optimizer
-from locoprop.runner import RunConfig, find_result, products, run
+from locoprop.experiments.config import RunConfig, default_results_dir
+from locoprop.experiments.train import products, run
+from locoprop.experiments.tuning import tuned
 
 U_BF16 = 2.0 ** -8                          # unit roundoff of bfloat16 (8 significant bits)
 U_FP32 = torch.finfo(torch.float32).eps / 2
@@ -131,33 +134,35 @@ def test_precision_is_part_of_the_run_identity():
 def test_bf16_is_offered_only_where_the_check_measured_it(tmp_path, monkeypatch):
     """A bf16 run of an optimizer that was not checked, or failed the check, warns; one within the limit does not."""
     cfg = RunConfig(optimizer="sgd", precision="bf16", epochs=2, subset=200, results_dir=str(tmp_path))
-    monkeypatch.setattr(precision, "MEASURED", {})
+    monkeypatch.setattr(bf16_check, "measured", lambda **_: {})
     with pytest.warns(UserWarning, match="not been checked"):
         run(cfg, progress=False)
-    monkeypatch.setattr(precision, "MEASURED", {"sgd": 2 * precision.TOLERANCE})
-    assert not precision.bf16_offered("sgd")
+    monkeypatch.setattr(bf16_check, "measured", lambda **_: {"sgd": 2 * bf16_check.TOLERANCE})
+    assert not bf16_check.bf16_offered("sgd")
     with pytest.warns(UserWarning, match="differed from fp32"):
         run(dataclasses.replace(cfg, seed=1), progress=False)
-    monkeypatch.setattr(precision, "MEASURED", {"sgd": -precision.TOLERANCE / 2})
-    assert precision.bf16_offered("sgd")
+    monkeypatch.setattr(bf16_check, "measured", lambda **_: {"sgd": -bf16_check.TOLERANCE / 2})
+    assert bf16_check.bf16_offered("sgd")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         run(dataclasses.replace(cfg, seed=2), progress=False)
 
 
-def test_measured_agrees_with_the_committed_check_runs():
-    """Every value of ``precision.MEASURED`` is the relative difference of the final training losses of the
-    committed check runs (bf16 against fp32), rounded to the five decimals it is written with; and every
-    optimizer whose check runs are committed has its value there."""
-    configs = {(c.optimizer, c.precision): c for c in precision.check_configs(device="cpu")}  # as the check ran
-    checked = {name for name, prec in configs if prec == "bf16" and find_result(configs[name, "fp32"])
-               and find_result(configs[name, "bf16"])}
-    assert checked <= set(precision.MEASURED), f"check runs without a MEASURED value: {checked - set(precision.MEASURED)}"
-    for name, measured in precision.MEASURED.items():
+def test_measured_is_read_from_the_committed_check_runs():
+    """``bf16_check.measured()`` gives, for all ten optimizers, (bf16 - fp32) / fp32 of the final training loss of
+    the committed check runs: here those files are found by reading every paper result file and matching its
+    configuration (10 epochs, 1 warm-up, seed 0, the short search's winner), not through run ids."""
+    found = bf16_check.measured()
+    assert set(found) == set(OPTIMIZERS)
+    docs = [json.loads(p.read_text()) for p in (default_results_dir() / "paper").glob("*.json")]
+    for name, value in found.items():
+        setting = tuned(RunConfig(optimizer=name, profile="paper", dataset="fashion-mnist")).setting
         finals = {}
-        for prec in ("fp32", "bf16"):
-            assert (name, prec) in configs, f"{name}: its tuning is not finished, so it cannot have been checked"
-            result = find_result(configs[name, prec])
-            assert result is not None and result.status == "completed", f"{name} {prec}: no finished check run"
-            finals[prec] = result.final["train_loss"]
-        assert measured == pytest.approx((finals["bf16"] - finals["fp32"]) / finals["fp32"], abs=0.5e-5 + 1e-12), name
+        for doc in docs:
+            c = doc["config"]
+            if (c["optimizer"], c["epochs"], c["warmup_epochs"], c["seed"], c["dataset"]) == (name, 10, 1, 0, "fashion-mnist") \
+                    and c["hparams"] == setting and doc["status"] == "completed":
+                assert c["precision"] not in finals, f"{name}: two {c['precision']} check runs"
+                finals[c["precision"]] = doc["records"][-1]["train_loss"]
+        assert set(finals) == {"fp32", "bf16"}, name
+        assert value == pytest.approx((finals["bf16"] - finals["fp32"]) / finals["fp32"], rel=1e-12), name

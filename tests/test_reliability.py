@@ -20,9 +20,11 @@ import numpy as np
 import pytest
 import torch
 
-from locoprop import data, reproduce
-from locoprop.cli import main
-from locoprop.runner import RunConfig, RunConflictError, check, run, sweep
+from locoprop.experiments import data, reproduce
+from locoprop.experiments.cli import main
+from locoprop.experiments.config import RunConfig, RunConflictError
+from locoprop.experiments.sweep import sweep
+from locoprop.experiments.train import check, run
 
 REPO = Path(__file__).resolve().parents[1]
 

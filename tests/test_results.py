@@ -1,7 +1,7 @@
 """Time to target, on result documents whose numbers are chosen by hand."""
 import math
 
-from locoprop.results import frame, summary, time_to_target
+from locoprop.experiments.results import frame, summary, time_to_target
 
 
 def doc(optimizer, seed, losses, epoch_time, lr=0.1, precision="fp32"):

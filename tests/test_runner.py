@@ -7,9 +7,13 @@ import math
 import pandas as pd
 import pytest
 
-from locoprop import runner
-from locoprop.results import COLUMNS, ResultsError, load_results, summary
-from locoprop.runner import RunConfig, RunConflictError, grid, run, sweep
+import locoprop
+
+from locoprop.experiments import config, records, train
+from locoprop.experiments.results import COLUMNS, ResultsError, load_results, summary
+from locoprop.experiments.config import RunConfig, RunConflictError, grid
+from locoprop.experiments.sweep import sweep
+from locoprop.experiments.train import run
 
 TIME_COLUMNS = ("epoch_time", "train_time")
 
@@ -79,7 +83,7 @@ def test_finished_runs_are_skipped(tmp_path, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(runner, "_build", no_training)
+    monkeypatch.setattr(train, "_build", no_training)
     again = sweep(configs, progress=False)
     assert [r.skipped for r in again] == [True, True]
     assert [r.records for r in again] == [r.records for r in first]
@@ -117,11 +121,11 @@ def test_run_id_and_defaults():
     assert base.run_id.startswith("digits_adam_seed0_")
     r = RunConfig(optimizer="locoprop-m").resolve()
     assert (r.dataset, r.epochs, r.batch_size, r.warmup_epochs, r.device) == ("digits", 10, 100, 1, "cpu")
-    assert r.hparams == runner.DEFAULT_HPARAMS["smoke"]["locoprop-m"]
+    assert r.hparams == config.DEFAULT_HPARAMS["smoke"]["locoprop-m"]
     p = RunConfig(optimizer="adam", profile="paper", device="cpu").resolve()
     assert (p.dataset, p.epochs, p.batch_size, p.warmup_epochs, p.sizes) == (
         "fashion-mnist", 100, 1000, 5, (784, 1000, 500, 250, 30, 250, 500, 1000, 784))
-    assert set(runner.DEFAULT_HPARAMS["smoke"]) == set(runner.OPTIMIZERS)
+    assert set(config.DEFAULT_HPARAMS["smoke"]) == set(locoprop.OPTIMIZERS)
 
 
 @pytest.mark.parametrize("change, match", [
@@ -165,7 +169,7 @@ def test_load_results_and_summary(tmp_path):
     assert best["final_train_loss"].iloc[0] == pytest.approx(finals[winner])
     assert best["settings"].iloc[0] == 3 and best["diverged"].iloc[0] == 1
     csv = pd.read_csv(results[0].path.with_suffix(".csv"))
-    assert list(csv.columns) == list(runner.RECORD_COLUMNS) and len(csv) == 3
+    assert list(csv.columns) == list(records.RECORD_COLUMNS) and len(csv) == 3
     assert load_results(tmp_path / "nothing").empty
 
 

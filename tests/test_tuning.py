@@ -6,9 +6,10 @@ import types
 import pytest
 
 import locoprop
-from locoprop import tuning
-from locoprop.cli import main
-from locoprop.runner import RunConfig, run
+from locoprop.experiments import tuning
+from locoprop.experiments.cli import main
+from locoprop.experiments.config import RunConfig
+from locoprop.experiments.train import run
 
 
 @pytest.mark.parametrize("name", locoprop.OPTIMIZERS)
@@ -65,7 +66,7 @@ def test_tuning_runs_in_float32_and_a_sweep_needs_finished_trials(tmp_path, caps
 
 
 class Trial:
-    """A finished trial as :func:`locoprop.tuning.extension` sees it."""
+    """A finished trial as :func:`locoprop.experiments.tuning.extension` sees it."""
 
     def __init__(self, loss, status="completed", **hparams):
         self.status, self.final = status, {"train_loss": loss}

@@ -28,7 +28,7 @@ from ..precision import PRECISIONS
 from .locoprop import LocoProp
 from .tf_rmsprop import TFRMSProp
 
-__all__ = ["OPTIMIZERS", "FIRST_ORDER", "DEFAULT_LR", "make_optimizer"]
+__all__ = ["OPTIMIZERS", "FIRST_ORDER", "DEFAULT_LR", "REVISIONS", "make_optimizer"]
 
 FIRST_ORDER = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam")
 OPTIMIZERS = FIRST_ORDER + ("kfac", "shampoo", "locoprop-s", "locoprop-m")
@@ -42,6 +42,12 @@ _FIRST_ORDER: dict[str, tuple[type[torch.optim.Optimizer], dict[str, Any]]] = {
     "rmsprop": (TFRMSProp, {}),
     "adam": (torch.optim.Adam, {}),
 }
+
+#: The revision of each optimizer's arithmetic, raised when a change of the code changes its results
+#: (beyond the reordering of sums that the number of threads also causes); results record it.
+#: shampoo 2: inverse roots from a float64 ``eigh`` (float32 before).  locoprop-s, locoprop-m 2: the
+#: local pre-activations in the displacement form in every precision (recomputed in float32 before).
+REVISIONS: dict[str, int] = {**{name: 1 for name in OPTIMIZERS}, "shampoo": 2, "locoprop-s": 2, "locoprop-m": 2}
 
 DEFAULT_LR: dict[str, float] = {
     "sgd": 1e-2,
@@ -75,7 +81,7 @@ def make_optimizer(
 
     ``output_activation`` is the transfer function the loss applies to the model's output; the
     layerwise optimizers (LocoProp, K-FAC) use it for the last layer.  ``precision`` is the run's
-    (``"fp32"`` or ``"bf16"``, see :mod:`locoprop.runner`): with ``"bf16"`` LocoProp takes its local
+    (``"fp32"`` or ``"bf16"``, see :mod:`locoprop.precision`): with ``"bf16"`` LocoProp takes its local
     products in bfloat16 too; the other optimizers keep their own arithmetic in float32.  Other
     keyword arguments go to the optimizer's constructor.
     """

@@ -1,30 +1,42 @@
-"""The hyper-parameter search of the paper-scale comparison: one equal budget for every optimizer.
+"""The hyper-parameter searches of the paper-scale comparison: one equal budget for every optimizer.
 
-**Budget.**  Every optimizer gets the same number of trials (:data:`BUDGET` = 8 grid points), each
-trained for the same short horizon (:data:`TRIAL_HORIZON`: 5 epochs of the paper protocol, the
-first a linear warm-up, then linear decay to zero; seed 0, float32), spent on the knobs its own
-literature tunes: the learning rate for the first-order methods (a 1-2-5 series over more than two
-decades), learning rate x damping for K-FAC, learning rate x relative epsilon for Shampoo,
-learning rate x gamma for LocoProp.
+Every optimizer is searched over a grid of :data:`BUDGET` = 8 points (:data:`GRIDS`) spent on the
+knobs its own literature tunes: the learning rate for the first-order methods (a 1-2-5 series over
+more than two decades), learning rate x damping for K-FAC, learning rate x relative epsilon for
+Shampoo, learning rate x gamma for LocoProp.  Seed 0, float32.
 
 **Early exits** (the official notebook's, "recorded for the hparam tuning setup"): a trial is
 abandoned when its loss is not finite, when its best train loss exceeds 600 nats, or past epoch 10
-when its best exceeds 350 (:data:`EXITS`; the second rule cannot fire at a 5-epoch horizon).  On
-the 784-pixel datasets 600 lies above the initial loss (about 543 = 784 ln 2) and 350 below the loss
-of predicting the mean image (about 384 on Fashion-MNIST): a dead setting costs one epoch.
+when its best exceeds 350 (:data:`EXITS`).  On the 784-pixel datasets 600 lies above the initial
+loss (about 543 = 784 ln 2) and 350 below the loss of predicting the mean image (about 384 on
+Fashion-MNIST): a dead setting costs one epoch.
 
-**Selection.**  As in the paper, the setting with the lowest final training loss wins.  A winner on
-the edge of a numeric axis of its grid (the smallest or largest value tried) means the grid did not
-bracket the optimum, so the search goes one step beyond it, by the same rule for every optimizer:
-the next trial is the winner with that value moved past the edge by the axis's outermost ratio
-(e.g. 1e-4 after 3e-5 and 1e-4 gives 3.33e-4), and this repeats at most :data:`MAX_EXTENSIONS` (2)
-times.  The final winner is then trained with the full protocol (100 epochs, 5 warm-up) as the
-optimizer's finalist, with seed 0 and, for the finalists compared over seeds, 1 and 2.  A winner
-still on an edge after the extensions is reported as such (:attr:`Tuned.edge`).
+**Extension beyond an edge.**  A winner on the edge of a numeric axis of its grid (the smallest or
+largest value tried) means the grid did not bracket the optimum, so the search goes one step beyond
+it, by the same rule for every optimizer: the next trial is the winner with that value moved past
+the edge by the axis's outermost ratio (e.g. 1e-4 after 3e-5 and 1e-4 gives 3.33e-4), at most
+:data:`MAX_EXTENSIONS` (2) times.  A winner still on an edge is reported as such.
 
-``python -m locoprop tune --optimizer NAME[,NAME...] --profile paper --dataset fashion-mnist``
-runs the trials (resumable, finished runs skipped); ``--finalists --seeds 0,1,2`` then trains the
-best setting of each optimizer with the full protocol and each seed.
+**Successive halving** (``search="halving"``, the default): the trials are the full protocol
+itself (100 epochs, 5 warm-up, linear decay over the 100; the early exits throughout), stopped at
+the rungs :data:`RUNGS` (10, 25, 50, 100 epochs).  Every grid point trains to the first rung, and
+the extension rule adds its trials there.  At each rung the better half by training loss (4, 2, 1)
+continues from its checkpoint to the next rung, so no epoch is trained twice; diverged and
+abandoned trials never continue.  The survivor of the last rung has trained the whole protocol: it
+is the optimizer's seed-0 final, and its setting the tuned one.  Budget: 8 x 10 + 4 x 15 + 2 x 25 +
+1 x 50 = 240 epochs per optimizer, plus 10 per extension.  A finished run of the same configuration
+without the exits (a final of the short search, or a plain ``sweep``) stands for the trial: the
+exits only stop a run, so its records are the trial's up to the epoch where
+:func:`~locoprop.experiments.records.exit_epoch` says the trial would have stopped.
+
+**The short search** (``search="short"``, kept as evidence): every trial trains 5 epochs of the
+protocol squeezed into 5 (:data:`TRIAL_HORIZON`: 1 warm-up epoch, then linear decay to zero), the
+lowest final training loss wins (the paper's criterion), and the winner then trains the full
+protocol as the optimizer's finalist.
+
+``python -m locoprop tune --optimizer NAME[,NAME...] --profile paper --dataset fashion-mnist
+[--search short] [--finalists --seeds 0,1,2]`` runs a search (resumable, finished runs skipped) and
+then the finalists' seeds (:func:`locoprop.experiments.sweep.tune`).
 """
 from __future__ import annotations
 
@@ -34,8 +46,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ..optim import REVISIONS
+from .config import PROFILES, grid
+from .records import exit_epoch, find_result
+
 __all__ = ["BUDGET", "EXITS", "GRIDS", "MAX_EXTENSIONS", "TRIAL_HORIZON", "Tuned", "best_setting", "edges", "extension",
-           "finalist_configs", "grid_configs", "trial_config", "tune", "tuned", "tuned_setting"]
+           "finalist_configs", "grid_configs", "halving", "halving_grid", "halving_trial", "trial_config", "tuned", "tuned_setting"]
 
 BUDGET = 8
 MAX_EXTENSIONS = 2
@@ -43,7 +59,7 @@ MAX_EXTENSIONS = 2
 #: Trial length per profile: (epochs, warm-up epochs); a profile not listed uses its own protocol.
 TRIAL_HORIZON: dict[str, tuple[int, int]] = {"paper": (5, 1)}
 
-#: Early exits of the trials per profile, as :class:`locoprop.runner.RunConfig` ``exits``:
+#: Early exits of the trials per profile, as :class:`locoprop.experiments.config.RunConfig` ``exits``:
 #: (from epoch, best-train-loss threshold in nats per image).
 EXITS: dict[str, tuple[tuple[int, float], ...]] = {"paper": ((1, 600.0), (11, 350.0))}
 
@@ -79,8 +95,6 @@ def _trial_base(base):
 
 def grid_configs(base):
     """The grid trials of ``base.optimizer``: ``base`` with each grid point, on the profile's trial horizon and exits."""
-    from .runner import grid
-
     if base.optimizer not in GRIDS:
         raise ValueError(f"no tuning grid for {base.optimizer!r}: choose one of {', '.join(GRIDS)}")
     return grid(_trial_base(base), **GRIDS[base.optimizer])
@@ -166,14 +180,28 @@ class Tuned:
 
 
 def tuned(base) -> Tuned:
-    """The tuning of ``base.optimizer`` as found on disk (nothing is trained).
+    """The short search of ``base.optimizer`` as found on disk (nothing is trained).
 
     ``base``: any run of the optimizer on the profile and dataset (its seed and, on a profile with a
     trial horizon, its epochs do not matter).  The winner is only named once every trial of the
     search (the grid, then its extensions) has finished, since a missing trial could still win.
+    Without a ``revision``, the newest revision of the optimizer's arithmetic whose search is
+    complete is read (the short search on Fashion-MNIST predates revision 2 of Shampoo and LocoProp),
+    else the current one's unfinished search.
     """
-    from .runner import find_result
+    if base.revision is not None:
+        return _tuned(base)
+    current = _tuned(dataclasses.replace(base, revision=REVISIONS[base.optimizer]))
+    for revision in range(REVISIONS[base.optimizer] - 1, 0, -1):
+        if current.complete:
+            break
+        older = _tuned(dataclasses.replace(base, revision=revision))
+        if older.complete:
+            return older
+    return current
 
+
+def _tuned(base) -> Tuned:
     found = [find_result(c) for c in grid_configs(base)]
     trials = [r for r in found if r is not None]
     pending = len(found) - len(trials)
@@ -187,59 +215,6 @@ def tuned(base) -> Tuned:
     done = pending == 0 and any(r.status == "completed" for r in trials)
     setting = best_setting(trials) if done else None
     return Tuned(base.optimizer, trials, pending, setting, edges(base.optimizer, setting, trials) if setting else [])
-
-
-def tune(bases, seeds=(), processes: int = 1, progress: bool = True, report=print, search: str = "halving") -> list:
-    """Run the search of every base configuration in turn, then the winners with the full protocol, seed by seed.
-
-    ``search``: ``"halving"`` (successive halving on the protocol's own horizon; its survivor is the
-    seed-0 final) or ``"short"`` (the 5-epoch trials, grid then extensions; every finalist seed
-    trains).  ``bases``: one float32 :class:`~locoprop.runner.RunConfig` per optimizer (the full
-    protocol: profile, dataset, device ...).  Every trial's configuration and every base is checked
-    before anything trains (a finalist differs from its base only in tuned hyper-parameters and
-    seed); finished runs are loaded, not retrained, so calling this again continues where it
-    stopped.  ``report`` gets a line per optimizer naming its winner.  Returns the results of the
-    trials (the halving's as they stood at their last rung) and of the finalists.
-    """
-    from .runner import check, run, sweep
-
-    if search not in SEARCHES:
-        raise ValueError(f"unknown search {search!r}: choose one of {', '.join(SEARCHES)}")
-    bases = list(bases)
-    for base in bases:
-        if base.precision != "fp32":
-            raise ValueError(f"the tuning and its finalists run in float32, the reference (got precision "
-                             f"{base.precision!r}): drop --precision, or compare precisions with "
-                             f"`python -m locoprop sweep --tuned --grid precision=fp32,bf16`")
-        for config in (grid_configs(base) if search == "short" else [halving_trial(base, c.hparams) for c in _grid(base)]):
-            check(config)
-        check(base)
-    best, results = {}, []
-    for base in bases:  # one optimizer's search to its end before the next one's
-        if search == "halving":
-            found = halving(base, advance=lambda configs, until: sweep(configs, processes=processes,
-                                                                       progress=progress, until=until))
-            results += [r for _, trials in found.rungs[-1:] for r in trials]
-            best[base.optimizer], edge = found.setting, found.edge
-            report(f"{base.optimizer}: survivor {found.setting} after {found.budget} epochs of trials"
-                   + (f" (on the edge of its grid in {', '.join(edge)})" if edge else ""))
-        else:
-            runs = sweep(grid_configs(base), processes=processes, progress=progress)
-            while (setting := extension(base.optimizer, runs)) is not None:
-                runs.append(run(trial_config(base, setting), progress=progress))
-            results += runs
-            best[base.optimizer], edge = best_setting(runs), edges(base.optimizer, best_setting(runs), runs)
-            if seeds:
-                report(f"{base.optimizer}: best trial {best[base.optimizer]}"
-                       + (f" (still on the edge of its grid in {', '.join(edge)})" if edge else ""))
-    if not seeds:
-        return results
-    for seed in seeds:
-        if search == "halving" and seed == 0:
-            continue  # the survivor of the halving is the seed-0 final
-        configs = [c for base in bases for c in finalist_configs(base, best[base.optimizer], [seed])]
-        results += sweep(configs, processes=processes, progress=progress)
-    return results
 
 
 def tuned_setting(base, search: str = "halving") -> dict[str, Any]:
@@ -267,28 +242,11 @@ def tuned_setting(base, search: str = "halving") -> dict[str, Any]:
                          f"{found.pending} to go): run {command} first")
     if found.setting is None:
         raise ValueError(f"every trial of {base.optimizer} diverged or was abandoned: widen its grid "
-                         f"(locoprop.tuning.GRIDS) and run {command}")
+                         f"(locoprop.experiments.tuning.GRIDS) and run {command}")
     return dict(found.setting)
 
 
 # --------------------------------------------------------------------------- successive halving
-"""Successive halving on the protocol's own horizon (``search="halving"``).
-
-The trials are the full protocol itself (100 epochs, 5 warm-up, linear decay over the 100; seed 0,
-float32, the early exits :data:`EXITS` throughout), stopped at the rungs :data:`RUNGS` (10, 25,
-50, 100 epochs).  Every grid point trains to the first rung; if the best is on an edge of its grid,
-the extension rule above adds up to :data:`MAX_EXTENSIONS` trials beyond it, trained to the same
-rung.  At each rung the better half by training loss (:data:`BUDGET` / 2, / 4 ...) continues from
-its checkpoint to the next rung, so no epoch is trained twice; diverged and abandoned trials never
-continue.  The survivor of the last rung has trained the whole protocol: it is the optimizer's
-seed-0 final, and its setting the tuned one.  Budget: 8 x 10 + 4 x 15 + 2 x 25 + 1 x 50 = 240
-epochs per optimizer, plus 10 per extension.
-
-A finished run of the same configuration without the exits (a final of an earlier search, or a
-plain ``sweep``) stands for the trial: the exits only stop a run, so its records are the trial's up
-to the epoch where :func:`locoprop.runner.exit_epoch` says the trial would have stopped.
-"""
-
 #: Rung ends (epochs) of successive halving per profile; the last is the profile's full horizon.
 RUNGS: dict[str, tuple[int, ...]] = {"paper": (10, 25, 50, 100), "smoke": (2, 5, 10)}
 SEARCHES = ("halving", "short")
@@ -301,8 +259,6 @@ def halving_trial(base, setting: dict[str, Any]):
 
 
 def _rungs(base) -> tuple[int, ...]:
-    from .runner import PROFILES
-
     epochs = base.epochs if base.epochs is not None else PROFILES[base.profile].epochs
     rungs = tuple(r for r in RUNGS.get(base.profile, ()) if r < epochs) + (epochs,)
     return rungs
@@ -312,8 +268,6 @@ def _observe(config, rung: int):
     """The trial ``config`` as it stood at epoch ``rung``: a RunResult whose records end there (or where the
     trial stopped early, status diverged or abandoned; ``stopped`` while alive before the end), or None if
     neither its own result file nor a finished twin without the exits reaches that far."""
-    from .runner import exit_epoch, find_result
-
     result = find_result(config, stopped=True)
     if result is None and config.exits:
         result = find_result(dataclasses.replace(config, exits=()))
@@ -376,11 +330,9 @@ def halving(base, advance=None) -> Halving:
     the trials up to epoch ``until`` (e.g. ``lambda cs, e: sweep(cs, until=e)``); without it nothing
     trains and the search is read from the files on disk as far as they go.
     """
-    from .runner import find_result
-
     if base.optimizer not in GRIDS:
         raise ValueError(f"no tuning grid for {base.optimizer!r}: choose one of {', '.join(GRIDS)}")
-    points = [c.hparams for c in _grid(base)]
+    points = [c.hparams for c in halving_grid(base)]
     population = [halving_trial(base, p) for p in points]
     rungs, kept, extensions = [], [], 0
     for index, rung in enumerate(_rungs(base)):
@@ -402,7 +354,7 @@ def halving(base, advance=None) -> Halving:
         alive = [r for r in ranked if r.status in ALIVE]
         if not alive:
             raise ValueError(f"every trial of {base.optimizer} diverged or was abandoned by epoch {rung}: widen its grid "
-                             f"towards smaller learning rates (locoprop.tuning.GRIDS)")
+                             f"towards smaller learning rates (locoprop.experiments.tuning.GRIDS)")
         survivors = alive[:max(1, BUDGET // 2 ** (index + 1))]
         kept.append([r.config.hparams for r in survivors])
         population = [halving_trial(base, {k: v for k, v in r.config.hparams.items()}) for r in survivors]
@@ -413,7 +365,5 @@ def halving(base, advance=None) -> Halving:
     return Halving(base.optimizer, rungs, kept, 0, setting, final, extensions)
 
 
-def _grid(base):
-    from .runner import grid
-
+def halving_grid(base):
     return grid(dataclasses.replace(base, hparams={}), **GRIDS[base.optimizer])

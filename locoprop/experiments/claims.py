@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .optim import FIRST_ORDER
+from ..optim import FIRST_ORDER
 
 __all__ = ["COMPARABLE", "verdicts"]
 
@@ -115,7 +115,7 @@ def verdicts(finals: pd.DataFrame, floor: float, reach: dict[str, pd.DataFrame |
 
     ``finals``: one row per finished full-protocol run with ``optimizer`` (package names) and
     ``train_loss`` (its final training loss).  ``floor``: the dataset's entropy floor.  ``reach``:
-    per kind of device (``"GPU"``, ``"CPU"``), the :func:`locoprop.results.time_to_target` table of the
+    per kind of device (``"GPU"``, ``"CPU"``), the :func:`locoprop.experiments.results.time_to_target` table of the
     runs on it (package names in ``optimizer``; rows of several targets stacked, told apart by ``target``),
     or None when there are none; the GPU row is always
     present (the paper's claim), the others only when given.

@@ -19,7 +19,7 @@ import torch
 __all__ = ["PROJECT_ROOT", "atomic_write", "atomic_write_text", "git_state", "cpu_model", "device_name", "now",
            "provenance"]
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
@@ -81,7 +81,7 @@ def now() -> str:
 
 def provenance(device: torch.device | str) -> dict[str, Any]:
     """Git commit and dirty flag, package versions, device (CPU model, torch threads), platform, start time."""
-    from . import __version__
+    from .. import __version__
 
     device = torch.device(device)
     commit, dirty = git_state()

@@ -1,6 +1,6 @@
 """Result files as tables: one row per run and epoch, and a per-optimizer summary.
 
-The runner writes ``<results_dir>/<profile>/<run_id>.json`` (see :mod:`locoprop.runner`);
+The runner writes ``<results_dir>/<profile>/<run_id>.json`` (see :mod:`locoprop.experiments.records`);
 :func:`load_results` reads them into a ``pandas.DataFrame`` with the columns :data:`COLUMNS`,
 and :func:`summary` picks, per (profile, dataset, optimizer, precision, horizon), the
 hyper-parameters with the best final train loss (averaged over seeds): runs of different precision
@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from .config import default_results_dir
 
 __all__ = ["COLUMNS", "SETTING_KEY", "ResultsError", "frame", "load_results", "load_runs", "summary", "time_to_target"]
 
@@ -66,8 +68,6 @@ def load_results(results_dir: str | Path | None = None, profile: str | None = No
 
     Returns an empty frame with :data:`COLUMNS` when there are none.
     """
-    from .runner import default_results_dir
-
     root = Path(results_dir) if results_dir is not None else default_results_dir()
     folders = [root / profile] if profile is not None else sorted(p for p in root.glob("*") if p.is_dir())
     paths = sorted(p for folder in folders for p in folder.glob("*.json"))
@@ -75,7 +75,7 @@ def load_results(results_dir: str | Path | None = None, profile: str | None = No
 
 
 def load_runs(configs: Iterable[Any]) -> pd.DataFrame:
-    """The records of those run configurations (:class:`locoprop.runner.RunConfig`) that have a result file."""
+    """The records of those run configurations (:class:`locoprop.experiments.config.RunConfig`) that have a result file."""
     paths = [config.paths()["json"] for config in configs]
     return frame(_read(path) for path in paths if path.exists())
 

@@ -1,4 +1,4 @@
-"""Command line: ``python -m locoprop {run,sweep,tune,results,bench} ...`` (``--help`` on each).
+"""Command line: ``python -m locoprop {run,sweep,tune,results,bench,reproduce} ...`` (``--help`` on each).
 
 Expected errors (bad arguments, missing data, invalid hyper-parameters, conflicting result files)
 exit with status 2 and one line ``locoprop: error: <cause>`` on stderr; an interrupted run exits
@@ -11,6 +11,18 @@ import dataclasses
 import json
 import sys
 from typing import Any
+
+import pandas as pd
+
+from ..optim import OPTIMIZERS
+from ..precision import PRECISIONS
+from . import bench, reproduce
+from .config import PROFILES, RunConfig, grid
+from .data import DataError
+from .results import frame, load_results, summary
+from .sweep import sweep, tune
+from .train import run
+from .tuning import tuned_setting
 
 __all__ = ["main", "parse_value"]
 
@@ -58,8 +70,6 @@ def _int_list(text: str) -> list[int]:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    from .runner import PRECISIONS, PROFILES
-
     p.add_argument("--dataset", choices=("digits", "mnist", "fashion-mnist"),
                    help="default: the profile's (digits for smoke, fashion-mnist for paper)")
     p.add_argument("--profile", choices=tuple(PROFILES), default="smoke",
@@ -81,8 +91,6 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _add_many(p: argparse.ArgumentParser) -> None:
-    from .optim import OPTIMIZERS
-
     p.add_argument("--optimizer", required=True, action="append", metavar="NAME[,NAME...]",
                    help=f"optimizer(s), comma-separated or repeated; one of {', '.join(OPTIMIZERS)}")
     p.add_argument("--processes", type=int, default=1, help="local worker processes (default: 1)")
@@ -95,8 +103,6 @@ def _add_search(p: argparse.ArgumentParser) -> None:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from .optim import OPTIMIZERS
-
     parser = _Parser(prog="python -m locoprop", description="LocoProp deep-autoencoder benchmark.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -120,7 +126,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("tune", help="run the documented tuning grid of each optimizer, or its finalists",
-                       description="Run each optimizer's equal-budget search (locoprop.tuning: grid, rungs or trial "
+                       description="Run each optimizer's equal-budget search (locoprop.experiments.tuning: grid, rungs or trial "
                                    "horizon, early exits); with --finalists, then train each best setting (lowest "
                                    "train loss) with the full protocol, seed by seed (--seeds).")
     _add_many(p)
@@ -137,13 +143,13 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", action="store_true",
                    help="best final train loss per optimizer with its hyper-parameters")
 
-    sub.add_parser("bench", help="micro-benchmarks (arguments go to locoprop.bench)", add_help=False)
+    sub.add_parser("bench", help="micro-benchmarks (arguments go to locoprop.experiments.bench)", add_help=False)
+    sub.add_parser("reproduce", help="re-execute the notebooks (arguments go to locoprop.experiments.reproduce)",
+                   add_help=False)
     return parser
 
 
 def _base_config(args: argparse.Namespace, optimizer: str, seed: int):
-    from .runner import RunConfig
-
     hparams = {k: parse_value(v) for k, v in args.hparam}
     if args.lr is not None:
         hparams["lr"] = args.lr
@@ -156,7 +162,6 @@ def _base_config(args: argparse.Namespace, optimizer: str, seed: int):
 
 
 def _print_records(result) -> None:
-    import pandas as pd
 
     table = pd.DataFrame(result.records).set_index("epoch")
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.5g}".format):
@@ -167,7 +172,6 @@ def _print_records(result) -> None:
 
 
 def _print_frame(df) -> None:
-    import pandas as pd
 
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_colwidth", 80,
                            "display.float_format", "{:.5g}".format):
@@ -175,16 +179,12 @@ def _print_frame(df) -> None:
 
 
 def _cmd_run(args) -> int:
-    from .runner import run
-
     result = run(_base_config(args, args.optimizer, args.seed), progress=not args.quiet)
     _print_records(result)
     return 0
 
 
 def _optimizer_names(args) -> list[str]:
-    from .optim import OPTIMIZERS
-
     names = [n.strip() for group in args.optimizer for n in group.split(",") if n.strip()]
     unknown = [n for n in names if n not in OPTIMIZERS]
     if unknown:
@@ -195,8 +195,6 @@ def _optimizer_names(args) -> list[str]:
 
 
 def _report(results) -> None:
-    from .results import frame, summary
-
     for r in results:
         final = r.final
         print(f"{r.run_id} {r.status:9s} {json.dumps(r.config.hparams, sort_keys=True)} "
@@ -206,9 +204,6 @@ def _report(results) -> None:
 
 
 def _cmd_sweep(args) -> int:
-    from .runner import grid, sweep
-    from .tuning import tuned_setting
-
     names = _optimizer_names(args)
     axes = {key: [parse_value(v) for v in values.split(",")] for key, values in args.grid}
     bad = [k for k in axes if k in {"optimizer", "seed", "profile", "results_dir"}]
@@ -227,8 +222,6 @@ def _cmd_sweep(args) -> int:
 
 def _cmd_tune(args) -> int:
     """Every optimizer's trials first; then, with --finalists, the winners with the full protocol, seed by seed."""
-    from .tuning import tune
-
     bases = [_base_config(args, name, 0) for name in _optimizer_names(args)]
     _report(tune(bases, args.seeds if args.finalists else (), processes=args.processes, progress=not args.quiet,
                  search=args.search))
@@ -236,8 +229,6 @@ def _cmd_tune(args) -> int:
 
 
 def _cmd_results(args) -> int:
-    from .results import load_results, summary
-
     df = load_results(args.results_dir, args.profile)
     if args.summary:
         _print_frame(summary(df))
@@ -249,20 +240,18 @@ def _cmd_results(args) -> int:
 
 
 def _cmd_bench(argv: list[str]) -> int:
-    from . import bench
-
     bench.main(argv)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m locoprop``; returns the exit status."""
-    from .data import DataError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv[:1] == ["bench"]:
             return _cmd_bench(argv[1:])
+        if argv[:1] == ["reproduce"]:
+            return reproduce.main(argv[1:])
         args = _build_parser().parse_args(argv)
         return {"run": _cmd_run, "sweep": _cmd_sweep, "tune": _cmd_tune, "results": _cmd_results}[args.command](args)
     except (ValueError, DataError) as err:

@@ -1,6 +1,6 @@
 """Execute the companion's notebooks with papermill.
 
-``python -m locoprop.reproduce --profile smoke|paper [--dataset D] [--device cpu|cuda]
+``python -m locoprop reproduce --profile smoke|paper [--dataset D] [--device cpu|cuda]
 [--notebook NAME] [--reuse]``
 
 For each notebook ``notebooks/NAME.py`` (jupytext ``py:percent``), in order, the driver reads the
@@ -25,6 +25,10 @@ import os
 import sys
 import time
 from pathlib import Path
+
+from .config import check_device
+from .provenance import PROJECT_ROOT
+from .data import NAMES
 
 __all__ = [
     "NOTEBOOKS",
@@ -52,7 +56,7 @@ METADATA_KEY = "locoprop"
 
 def repo_root() -> Path:
     """The repository root: the folder that holds ``notebooks/`` and ``locoprop/``."""
-    return Path(__file__).resolve().parent.parent
+    return PROJECT_ROOT
 
 
 def default_device(profile: str) -> str:
@@ -66,15 +70,13 @@ def default_device(profile: str) -> str:
 
 def notebook_parameters(profile: str, dataset: str | None = None, device: str | None = None) -> dict:
     """The parameters every notebook receives, checked (``ValueError``) before any notebook starts."""
-    from .data import NAMES
-    from .runner import _device
 
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}: choose one of {', '.join(PROFILES)}")
     dataset = dataset or DEFAULT_DATASETS[profile]
     if dataset not in NAMES:
         raise ValueError(f"unknown dataset {dataset!r}: choose one of {', '.join(NAMES)}")
-    device = _device(device or default_device(profile))
+    device = check_device(device or default_device(profile))
     if device.startswith("cuda"):
         import torch
 
@@ -215,7 +217,7 @@ def execute(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m locoprop.reproduce",
+        prog="python -m locoprop reproduce",
         description="Execute the companion's notebooks with papermill (notebooks/NAME.py -> NAME.ipynb).",
     )
     parser.add_argument("--profile", choices=PROFILES, default="smoke",

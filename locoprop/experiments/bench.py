@@ -19,10 +19,10 @@ timed, and the reported time per epoch is the median per step times the batches 
 and, once per run and precision, the matrix-multiply ceiling of the device on the shapes of a
 LocoProp local iteration (:math:`XW^\\top` and :math:`\\delta^\\top X` for every layer), against which
 LocoProp's achieved FLOP/s is compared.  Every optimizer is timed in each precision of
-``--precision`` (default ``fp32 bf16``, see :func:`locoprop.runner.products`), with its speed-up over
+``--precision`` (default ``fp32 bf16``, see :func:`locoprop.experiments.train.products`), with its speed-up over
 its own float32 epoch.  K-FAC and Shampoo are timed with their inverse / root
 every step and every 5 steps; with ``--tuned``, each optimizer is timed once with the setting its
-tuning chose (:mod:`locoprop.tuning`), as the paper-scale runs train it.  Results are printed and
+tuning chose (:mod:`locoprop.experiments.tuning`), as the paper-scale runs train it.  Results are printed and
 written as JSON under
 ``data/results/bench/`` with the device name and package versions.
 """
@@ -39,11 +39,14 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .models import PAPER_SIZES, deep_autoencoder, reconstruction_loss
-from .optim import make_optimizer
+from ..models import PAPER_SIZES, deep_autoencoder, reconstruction_loss
+from ..optim import OPTIMIZERS, make_optimizer
 from .provenance import atomic_write_text, provenance
-from .precision import PRECISIONS
-from .runner import default_results_dir, sync, training_loss
+from ..precision import PRECISIONS
+from .config import RunConfig, default_results_dir
+from .data import load
+from .train import evaluate, sync, training_loss
+from .tuning import tuned
 
 __all__ = ["Contender", "CONTENDERS", "benchmark", "evaluation_time", "matmul_ceiling", "format_table", "main",
            "tuned_contenders"]
@@ -75,9 +78,7 @@ CONTENDERS = (
 
 def evaluation_time(device: torch.device, train: torch.Tensor | None = None, test_size: int = 10_000,
                     sizes: Sequence[int] = PAPER_SIZES) -> float:
-    """Seconds of the runner's evaluation after an epoch (:func:`locoprop.runner.evaluate` on train and test)."""
-    from .runner import evaluate
-
+    """Seconds of the runner's evaluation after an epoch (:func:`locoprop.experiments.train.evaluate` on train and test)."""
     g = torch.Generator().manual_seed(0)
     train = torch.rand(60_000, sizes[0], generator=g).to(device) if train is None else train
     test = torch.rand(test_size, sizes[0], generator=g).to(device)
@@ -94,10 +95,6 @@ def evaluation_time(device: torch.device, train: torch.Tensor | None = None, tes
 def tuned_contenders(dataset: str, profile: str = "paper", results_dir: str | None = None) -> list[Contender]:
     """One contender per optimizer whose tuning on ``dataset`` (under ``results_dir``) is complete, with its
     winning setting."""
-    from .optim import OPTIMIZERS
-    from .runner import RunConfig
-    from .tuning import tuned
-
     out = []
     for name in OPTIMIZERS:
         result = tuned(RunConfig(optimizer=name, profile=profile, dataset=dataset, device="cpu",
@@ -280,7 +277,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     device = torch.device(args.device)
     data = None
     if args.dataset is not None:
-        from .data import load
         data = load(args.dataset, "train", device=device)
     rows = benchmark(contenders, device, args.epochs, args.warmup_epochs, args.steps_per_epoch,
                      args.batch_size, data, precisions=args.precision)

@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .provenance import PROJECT_ROOT
+
 __all__ = [
     "DATASETS",
     "DIGITS_TRAIN_SIZE",
@@ -48,7 +50,6 @@ __all__ = [
     "verify_file",
 ]
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ENV_VAR = "LOCOPROP_DATA_DIR"
 SPLITS = ("train", "test")
 DIGITS_TRAIN_SIZE = 1500

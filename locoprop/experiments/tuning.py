@@ -268,20 +268,21 @@ def _observe(config, rung: int):
     """The trial ``config`` as it stood at epoch ``rung``: a RunResult whose records end there (or where the
     trial stopped early, status diverged or abandoned; ``stopped`` while alive before the end), or None if
     neither its own result file nor a finished twin without the exits reaches that far."""
-    result = find_result(config, stopped=True)
-    if result is None and config.exits:
-        result = find_result(dataclasses.replace(config, exits=()))
-    if result is None:
-        return None
-    ended = exit_epoch(result.records, config.exits, config.divergence_factor)
-    if ended is not None and ended[1] <= rung:
-        status, epoch = ended
-    elif result.final["epoch"] >= rung:
-        status, epoch = ("completed" if rung >= config.resolve().epochs else "stopped"), rung
-    else:
-        return None
-    return dataclasses.replace(result, status=status, diverged_epoch=epoch if status not in ALIVE else None,
-                               records=result.records[:epoch + 1])
+    own = find_result(config, stopped=True)
+    twin = find_result(dataclasses.replace(config, exits=())) if config.exits else None
+    for result in (own, twin):
+        if result is None:
+            continue
+        ended = exit_epoch(result.records, config.exits, config.divergence_factor)
+        if ended is not None and ended[1] <= rung:
+            status, epoch = ended
+        elif result.final["epoch"] >= rung:
+            status, epoch = ("completed" if rung >= config.resolve().epochs else "stopped"), rung
+        else:
+            continue
+        return dataclasses.replace(result, status=status, diverged_epoch=epoch if status not in ALIVE else None,
+                                   records=result.records[:epoch + 1])
+    return None
 
 
 @dataclass
@@ -336,16 +337,12 @@ def halving(base, advance=None) -> Halving:
     population = [halving_trial(base, p) for p in points]
     rungs, kept, extensions = [], [], 0
     for index, rung in enumerate(_rungs(base)):
-        if advance is not None:
-            advance(population, rung)
-        seen = [_observe(c, rung) for c in population]
+        seen = _advanced(population, rung, advance)
         if index == 0:
             while None not in seen and (setting := extension(base.optimizer, seen)) is not None:
                 population.append(halving_trial(base, setting))
                 extensions += 1
-                if advance is not None:
-                    advance(population[-1:], rung)
-                seen.append(_observe(population[-1], rung))
+                seen += _advanced(population[-1:], rung, advance)
         missing = sum(r is None for r in seen)
         if missing:
             return Halving(base.optimizer, rungs, kept, missing, None, None, extensions)
@@ -363,6 +360,16 @@ def halving(base, advance=None) -> Halving:
     trial = halving_trial(base, setting)
     final = find_result(trial) or find_result(dataclasses.replace(trial, exits=()))
     return Halving(base.optimizer, rungs, kept, 0, setting, final, extensions)
+
+
+def _advanced(configs, rung: int, advance) -> list:
+    """The trials ``configs`` at ``rung`` (:func:`_observe`), after training those that have not reached it."""
+    seen = [_observe(c, rung) for c in configs]
+    todo = [c for c, r in zip(configs, seen) if r is None]
+    if todo and advance is not None:
+        advance(todo, rung)
+        seen = [_observe(c, rung) for c in configs]
+    return seen
 
 
 def halving_grid(base):

@@ -51,7 +51,11 @@ class CapturedLayer:
     preact: Tensor | None = field(default=None, repr=False)
     grad: Tensor | None = field(default=None, repr=False)
     forward_pass: int | None = field(default=None, repr=False)  # serial number of the recorded pass
-    grad_passes: list[int] = field(default_factory=list, repr=False)  # passes whose gradient arrived
+    # What require_backward checks, kept up to date by the hooks so that the check reads no serial
+    # number (a compiled step then sees the same values at every step):
+    grad_count: int = field(default=0, repr=False)  # gradients arrived (since the last step or zero_grad)
+    recorded: bool = field(default=False, repr=False)  # a forward pass was recorded since the last step
+    stale: bool = field(default=False, repr=False)  # the first gradient is not of the last forward pass
 
     @property
     def params(self) -> list[nn.Parameter]:
@@ -131,9 +135,13 @@ class LayerCapture:
             layer.preact = output.detach().reshape(-1, output.shape[-1]).to(dtype)
             layer.grad = None
             layer.forward_pass = number
+            layer.recorded = True
+            layer.stale = layer.grad_count > 0  # a gradient already recorded belongs to an earlier pass
 
             def record_grad(grad: Tensor) -> None:
-                layer.grad_passes.append(number)
+                if layer.grad_count == 0:
+                    layer.stale = number != layer.forward_pass
+                layer.grad_count += 1
                 if number == layer.forward_pass:
                     layer.grad = grad.reshape(-1, grad.shape[-1]).to(dtype)
 
@@ -149,19 +157,19 @@ class LayerCapture:
         """
         missing = []
         for layer in self.layers:
-            passes = layer.grad_passes
-            if len(passes) > 1:
+            passes = layer.grad_count
+            if passes > 1:
                 raise RuntimeError(
                     f"{owner} needs exactly one forward and one backward pass per step, but linear layer "
-                    f"{layer.index} received {len(passes)} gradients since the last step() or zero_grad() "
+                    f"{layer.index} received {passes} gradients since the last step() or zero_grad() "
                     "(gradient accumulation is not supported: concatenate the micro-batches into one batch)"
                 )
-            if passes and layer.forward_pass is None:
+            if passes and not layer.recorded:
                 raise RuntimeError(
                     f"{owner}: linear layer {layer.index} received a gradient but no forward pass was recorded "
                     "since the last step(): run a new forward pass with gradients enabled before loss.backward()"
                 )
-            if passes and passes[0] != layer.forward_pass:
+            if passes and layer.stale:
                 raise RuntimeError(
                     f"{owner}: the gradient of linear layer {layer.index} belongs to an earlier forward pass than "
                     "the last one recorded: step() needs the backward pass of the last forward pass with "
@@ -179,14 +187,16 @@ class LayerCapture:
         """Forget the recorded gradients, keep the recorded forward pass (``optimizer.zero_grad()`` calls it)."""
         for layer in self.layers:
             layer.grad = None
-            layer.grad_passes = []
+            layer.grad_count = 0
+            layer.stale = False
 
     def clear(self) -> None:
         """Forget the recorded tensors and passes (frees their memory; the end of every step)."""
         for layer in self.layers:
             layer.inputs = layer.preact = layer.grad = None
             layer.forward_pass = None
-            layer.grad_passes = []
+            layer.grad_count = 0
+            layer.recorded = layer.stale = False
 
     def remove(self) -> None:
         """Remove the hooks from the model."""

@@ -125,6 +125,31 @@ def test_mc_factor_is_unbiased_fisher_factor():
     assert ((total / n - expected).abs() <= 5 * sigma).all(), ((total / n - expected).abs() / sigma).max()
 
 
+@pytest.mark.parametrize("output", ["sigmoid", "identity", "softmax"])
+def test_sampled_labels_come_from_a_seeded_generator_on_the_parameters_device(output):
+    """The module docstring: the labels come from the optimizer's own generator on the parameters' device;
+    the same seed gives the same labels (and the same steps), another seed other labels, and the global
+    random state is not drawn from."""
+    x, y = batch()
+
+    def run(seed):
+        model = tiny_model()
+        opt = KFAC(model, lr=0.1, output_activation=output, inverse_update_freq=1, seed=seed)
+        assert opt._generator.device == next(model.parameters()).device
+        labels = opt._sample_targets(model(x).detach())
+        state = torch.get_rng_state()
+        for _ in range(3):
+            model.zero_grad()
+            F.mse_loss(model(x), y).backward()
+            opt.step()
+        assert torch.equal(torch.get_rng_state(), state)
+        return labels, [p.detach().clone() for p in model.parameters()]
+
+    (labels, params), (labels_again, params_again), (other, _) = run(7), run(7), run(8)
+    assert torch.equal(labels, labels_again) and not torch.equal(labels, other)
+    assert all(torch.equal(p, q) for p, q in zip(params, params_again))
+
+
 # ---- (2) damped steps --------------------------------------------------------------------------
 
 def one_step(damping_mode, damping=0.3):
@@ -358,3 +383,25 @@ def test_adaptive_damping_follows_reduction_ratio(lr, direction):
         lam = lam * omega if rho > 0.75 else lam / omega if rho < 0.25 else lam
         assert float(opt.damping) == pytest.approx(lam, rel=1e-6), rho
     assert (lam < lam0) if direction == "down" else (lam > lam0)
+
+
+def test_frozen_parameters_stay_and_the_other_layers_step_as_without_them():
+    """A parameter with ``requires_grad=False`` never moves; K-FAC's blocks are layerwise, so in one
+    step (without the KL clip, which couples the layers) the trainable layers move as when nothing
+    is frozen."""
+    x, y = batch()
+    free, frozen = tiny_model(), tiny_model()
+    linears = [m for m in frozen if isinstance(m, nn.Linear)]
+    linears[0].weight.requires_grad_(False)
+    linears[1].requires_grad_(False)
+    before = copy.deepcopy(frozen)
+    for model in (free, frozen):
+        opt = KFAC(model, lr=0.1, damping=0.3, seed=0)
+        backward(model, x, y)
+        opt.step()
+    old = [m for m in before if isinstance(m, nn.Linear)]
+    new_free = [m for m in free if isinstance(m, nn.Linear)]
+    assert torch.equal(linears[0].weight, old[0].weight)
+    assert torch.equal(linears[1].weight, old[1].weight) and torch.equal(linears[1].bias, old[1].bias)
+    assert not torch.equal(linears[0].bias, old[0].bias)
+    assert torch.equal(linears[-1].weight, new_free[-1].weight) and torch.equal(linears[-1].bias, new_free[-1].bias)

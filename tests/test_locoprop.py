@@ -9,6 +9,7 @@ from torch import nn
 
 import locoprop
 from locoprop.capture import LayerCapture
+from locoprop.experiments.counting import OpCounter
 from locoprop.models import deep_autoencoder, reconstruction_loss
 from locoprop.optim.locoprop import closed_form_s, implicit_m, local_iterates, local_target
 from locoprop.transfer import get_transfer
@@ -318,3 +319,171 @@ def test_unsupported_modules_are_named():
         locoprop.LocoProp(model)
     with pytest.raises(ValueError, match="GELU"):
         locoprop.LocoProp(nn.Sequential(nn.Linear(2, 2), nn.GELU(), nn.Linear(2, 2)))
+
+
+# ---- the step as one program (module docstring, "The step as one program") ----------------------
+
+class _PerLayerTFRMSProp(locoprop.TFRMSProp):
+    """TF1-RMSProp run through LocoProp's ``torch.optim`` path: one ``step()`` per local iteration with
+    Python-float learning rates, one parameter group (layer) at a time."""
+
+
+def _train_with_schedule(opt, model, batches, warmup=2, total=10):
+    scheduler = locoprop.warmup_linear_decay(opt, warmup, total)
+    for x in batches:
+        opt.zero_grad()
+        reconstruction_loss(model(x), x).backward()
+        opt.step()
+        scheduler.step()
+
+
+@pytest.mark.parametrize("settings", [
+    dict(),
+    dict(variant="S", eta=0.5, local_iters=3),
+    dict(products="bfloat16"),
+    dict(uneven=True),
+    dict(double=True),
+])
+def test_multi_tensor_step_equals_the_per_layer_inner_steps(settings, digits):
+    """The multi-tensor step (all layers per local iteration, learning rates as float64 tensors rounded once)
+    and the per-layer ``TFRMSProp.step`` with ``float`` learning rates are the same arithmetic: equal bits,
+    with an lr scheduler changing the rate at every step."""
+    settings = dict(settings)
+    uneven, double = settings.pop("uneven", False), settings.pop("double", False)
+    data = digits[:240].double() if double else digits[:240]
+    models, opts = [], []
+    for inner in ("tf-rmsprop", _PerLayerTFRMSProp):
+        model = deep_autoencoder((64, 16, 4, 16, 64), seed=0)
+        model = model.double() if double else model
+        opt = locoprop.LocoProp(model, lr=3e-4, inner=inner, output_activation="sigmoid", **settings)
+        if uneven:  # layers with their own T and lr_floor
+            opt.param_groups[1]["local_iters"], opt.param_groups[2]["lr_floor"] = 4, 0.0
+        _train_with_schedule(opt, model, data.split(40))
+        models.append(model)
+        opts.append(opt)
+    assert opts[0]._multi_tensor and not opts[1]._multi_tensor
+    for p, q in zip(*(m.parameters() for m in models)):
+        assert torch.equal(p, q)
+    for p, q in zip(*(m.parameters() for m in models)):
+        assert all(torch.equal(a, b) for a, b in zip(opts[0].inner.state[p].values(), opts[1].inner.state[q].values()))
+
+
+def test_the_step_keeps_its_buffers_and_the_backprop_gradients(digits):
+    """Inner state at rest from construction, in the state_dict format of TF-RMSProp (per parameter ``ms``
+    and ``mom``); ``.grad`` keeps the BackProp gradient (the same tensor); the local gradients live in
+    buffers allocated once; each local iteration is one multi-tensor call per operation of the update."""
+    T = 3
+    model = deep_autoencoder((64, 16, 4, 16, 64), seed=0)
+    opt = locoprop.LocoProp(model, lr=1e-4, local_iters=T, output_activation="sigmoid")
+    params = list(model.parameters())
+    inner = opt.state_dict()["inner"]["state"]
+    assert sorted(inner) == list(range(len(params)))
+    for i, p in enumerate(params):
+        assert set(inner[i]) == {"ms", "mom"}
+        assert torch.equal(inner[i]["ms"], torch.ones_like(p)) and torch.equal(inner[i]["mom"], torch.zeros_like(p))
+    buffers = [id(g) for grads in opt._local_grads for g in grads]
+    for x in digits[:80].split(40):
+        opt.zero_grad()
+        reconstruction_loss(model(x), x).backward()
+        grads = [p.grad for p in params]
+        backprop = [g.clone() for g in grads]
+        with OpCounter() as ops:
+            opt.step()
+        assert all(p.grad is g and torch.equal(g, b) for p, g, b in zip(params, grads, backprop))
+        assert [id(g) for grads in opt._local_grads for g in grads] == buffers
+        # 9 multi-tensor calls per local iteration (tf_rmsprop_update with tensor rates) and one copy of W^t
+        assert ops.foreach == 9 * T + 1
+        assert ops.counts["_foreach_mul"] == T  # one call of the rates for all layers, not one per layer
+
+
+def test_a_state_saved_with_number_learning_rates_loads_and_continues_bit_identically(digits):
+    """States saved before the learning rates were tensors hold ``float`` rates: they load, and training
+    continues as from the tensor state."""
+    batches = digits[:320].split(40)
+
+    def make(seed):
+        model = deep_autoencoder((64, 16, 4, 16, 64), seed=seed)
+        opt = locoprop.LocoProp(model, lr=1e-4, output_activation="sigmoid")
+        return model, opt, locoprop.warmup_linear_decay(opt, 2, 10)
+
+    model, opt, scheduler = make(0)
+    for x in batches[:3]:
+        opt.zero_grad(); reconstruction_loss(model(x), x).backward(); opt.step(); scheduler.step()
+    saved = copy.deepcopy((model.state_dict(), opt.state_dict(), scheduler.state_dict()))
+    assert all(torch.is_tensor(g["lr"]) and g["lr"].dtype == torch.float64 for g in saved[1]["param_groups"])
+    as_numbers = copy.deepcopy(saved[1])
+    for group in as_numbers["param_groups"]:
+        group["lr"], group["initial_lr"] = float(group["lr"]), float(group["initial_lr"])
+    scheduler_numbers = {**saved[2], "base_lrs": [float(v) for v in saved[2]["base_lrs"]],
+                         "_last_lr": [float(v) for v in saved[2]["_last_lr"]]}
+    runs = []
+    for opt_state, scheduler_state in ((saved[1], saved[2]), (as_numbers, scheduler_numbers)):
+        model, opt, scheduler = make(1)
+        model.load_state_dict(saved[0]); opt.load_state_dict(opt_state); scheduler.load_state_dict(scheduler_state)
+        assert all(torch.is_tensor(g["lr"]) and g["lr"].dtype == torch.float64 for g in opt.param_groups)
+        for x in batches[3:]:
+            opt.zero_grad(); reconstruction_loss(model(x), x).backward(); opt.step(); scheduler.step()
+        runs.append(model)
+    assert all(torch.equal(p, q) for p, q in zip(*(m.parameters() for m in runs)))
+
+
+def test_learning_rate_as_a_tensor():
+    model = tiny_mlp("tanh")
+    given = torch.tensor(0.01)
+    opt = locoprop.LocoProp(model, lr=given, output_activation="identity")
+    lrs = [group["lr"] for group in opt.param_groups]
+    assert all(lr.dtype == torch.float64 and lr.shape == () and float(lr) == float(given) for lr in lrs)
+    assert len({id(lr) for lr in lrs} | {id(given)}) == len(lrs) + 1  # each layer's own copy
+    for bad in (torch.tensor(-1.0), torch.tensor([0.1, 0.2]), torch.tensor(float("nan")), torch.tensor(1)):
+        with pytest.raises(ValueError, match="lr"):
+            locoprop.LocoProp(tiny_mlp("tanh"), lr=bad)
+
+
+def test_compiled_step_is_one_graph_that_equals_the_eager_step(digits):
+    """``torch.compile(step, fullgraph=True)`` with the lr scheduler of the training loop attached and the rate
+    changing at every step: no graph break, one graph for all steps (a recompilation raises), the same bits
+    as the eager step ("aot_eager" runs the traced aten operations eagerly)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    models = [deep_autoencoder((64, 12, 4, 12, 64), seed=0) for _ in range(2)]
+    opts = [locoprop.make_optimizer("locoprop-m", m, lr=3e-4, local_iters=3) for m in models]
+    schedulers = [locoprop.warmup_linear_decay(o, 0, 6) for o in opts]  # a linear decay: a new rate every step
+    # opts[1].step is the scheduler's wrapper (which Dynamo does not trace): compile the optimizer's own step
+    compiled = torch.compile(type(opts[1]).step, fullgraph=True, backend="aot_eager")
+    opts[1]._opt_called = True  # what the wrapper would record for the scheduler
+    rates = []
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for x in digits[:200].split(40):
+            rates.append(float(opts[0].param_groups[0]["lr"]))
+            for k, (model, opt, scheduler) in enumerate(zip(models, opts, schedulers)):
+                opt.zero_grad()
+                reconstruction_loss(model(x), x).backward()
+                opt.step() if k == 0 else compiled(opt)
+                scheduler.step()
+            for p, q in zip(*(m.parameters() for m in models)):
+                assert torch.equal(p, q)
+    assert len(set(rates)) == len(rates)  # a new rate at every step
+    assert not counters["graph_break"]
+    assert counters["stats"]["unique_graphs"] == 1
+
+
+@pytest.mark.parametrize("variant", ["S", "M"])
+def test_frozen_parameters_stay_and_the_other_layers_step_as_without_them(variant):
+    """A parameter with ``requires_grad=False`` never moves.  Each layer's local problem reads only
+    its own captured input and target, so in one step the trainable layers move exactly as they do
+    when nothing is frozen."""
+    x, y = batch()
+    loss_fn = output_loss("identity")
+    free, frozen = tiny_mlp("tanh"), tiny_mlp("tanh")
+    frozen[0].weight.requires_grad_(False)  # a frozen weight beside a trainable bias
+    frozen[2].requires_grad_(False)  # a whole frozen layer
+    before = copy.deepcopy(frozen)
+    for model in (free, frozen):
+        train_step(model, locoprop.LocoProp(model, lr=1e-2, variant=variant, local_iters=3), x, y, loss_fn)
+    assert torch.equal(frozen[0].weight, before[0].weight)
+    assert torch.equal(frozen[2].weight, before[2].weight) and torch.equal(frozen[2].bias, before[2].bias)
+    assert not torch.equal(frozen[0].bias, before[0].bias)  # the trainable bias of the frozen weight moves
+    assert torch.equal(frozen[4].weight, free[4].weight) and torch.equal(frozen[4].bias, free[4].bias)

@@ -282,3 +282,102 @@ def test_invalid_hyperparameter_in_added_group_raises():
     opt = Shampoo([torch.nn.Parameter(torch.zeros(2, 2))])
     with pytest.raises(ValueError, match="precondition_frequency"):
         opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], "precondition_frequency": -1})
+
+
+# ---- roots that do not swing with the rounding of the decomposition ------------------------------
+
+U64 = float(torch.finfo(torch.float64).eps) / 2
+U32 = EPS32 / 2
+
+
+def permuted_roots(root_dtype):
+    """``inverse_root`` through the symmetric permutation :math:`PMP^\\top` of each statistic, un-permuted:
+    mathematically the same root from another decomposition (another rounding), in ``root_dtype``."""
+    from locoprop.optim import linalg
+
+    def inverse_root(mats, exponent, epsilon, relative, previous, retry_float64=True, permute=True):
+        m = mats.to(root_dtype)
+        n = m.shape[-1]
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(n)) if permute else torch.arange(n)
+        vals, q, _ = linalg.eigh_with_retry(m[:, perm][:, :, perm])
+        vecs = torch.empty_like(q)
+        vecs[:, perm] = q
+        vals = vals.clamp_min(0.0)
+        shifted = vals + (epsilon * vals.amax(-1, keepdim=True) if relative else epsilon)
+        return ((vecs * shifted.pow(-1.0 / exponent)[..., None, :]) @ vecs.mT).to(mats.dtype)
+
+    return inverse_root
+
+
+def one_step(monkeypatch, inverse_root, grad, **options):
+    """Weights and state after one Shampoo step (roots from step 1) of a matrix with gradient ``grad``."""
+    from locoprop.optim import shampoo
+
+    if inverse_root is not None:
+        monkeypatch.setattr(shampoo, "inverse_root", inverse_root)
+    w = torch.nn.Parameter(torch.randn(*grad.shape, generator=torch.Generator().manual_seed(1), dtype=grad.dtype) * 0.05)
+    opt = Shampoo([w], precondition_frequency=1, start_preconditioning_step=1, **options)
+    w.grad = grad.clone()
+    opt.step()
+    monkeypatch.undo()
+    return w.detach().clone(), opt.state[w]
+
+
+def root_error(stat: torch.Tensor, eps: float, p: float) -> torch.Tensor:
+    r"""The bound of :func:`locoprop.optim.linalg.inverse_root` on a float64 root's error (2-norm):
+    :math:`n u_{64}/(p\epsilon)\,s^{-1/p}`, :math:`s = \epsilon\lambda_{\max}`."""
+    n = stat.shape[0]
+    s = eps * torch.linalg.eigvalsh(stat.double()).max()
+    return n * U64 / (p * eps) * s ** (-1 / p)
+
+
+# the paper's 500 -> 250 layer, the gradient of a batch of 100 (rank 100: most eigenvalues of the statistics
+# are 0, where the relative shift 1e-6 decides the root), the tuned setting: lr 3e-4, relative epsilon 1e-6
+LR, EPS, P = 3e-4, 1e-6, 4
+
+
+def paper_layer_gradient(dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(250, 100, generator=g, dtype=torch.float64) @ torch.randn(100, 500, generator=g, dtype=torch.float64)
+            / 100).to(dtype)
+
+
+def test_roots_from_two_equal_decompositions_agree_to_the_bound_of_inverse_root():
+    r""":math:`(M + \epsilon\lambda_{\max}I)^{-1/p}` from ``eigh`` of :math:`M` and from ``eigh`` of :math:`PMP^\top`
+    (un-permuted) differ by the rounding of the two decompositions only: with float64 decompositions
+    (:func:`~locoprop.optim.linalg.inverse_root`) at most :func:`root_error` each (a backward error
+    :math:`n u_{64}\lambda_{\max}` and :math:`|f'| \le f/(p s)` for :math:`f(\lambda) = (\lambda + s)^{-1/p}`), plus the one
+    rounding to float32 of each entry.  Float32 decompositions break that bound."""
+    from locoprop.optim.linalg import inverse_root
+
+    grad = paper_layer_gradient()
+    for stat in (grad @ grad.T, grad.T @ grad):  # the float32 statistics of the first step
+        eye = torch.eye(stat.shape[0])[None]
+        root = inverse_root(stat[None], P, EPS, True, eye)[0]
+        other = permuted_roots(torch.float64)(stat[None], P, EPS, True, eye)[0]
+        bound = 2 * root_error(stat, EPS, P) + U32 * (root.abs() + other.abs()).double()
+        assert ((root - other).double().abs() <= bound).all()
+        swinging = permuted_roots(torch.float32)(stat[None], P, EPS, True, eye)[0]
+        assert ((swinging - root).double().abs() > 100 * bound).any()
+
+
+def test_steps_from_two_equal_decompositions_agree_to_the_bound_of_inverse_root(monkeypatch):
+    r"""One Shampoo step (roots from step 1, Adam grafting) in float64, where only the decompositions round:
+    :math:`D = L_r g R_r` moves by at most :math:`\|\Delta L_r\|_2\|gR_r\|_F + \|L_rg\|_F\|\Delta R_r\|_2 +
+    \|\Delta L_r\|_2\|g\|_F\|\Delta R_r\|_2` (root errors :math:`2\,`:func:`root_error`), plus the products' rounding
+    :math:`2\gamma_n\||L_r||g||R_r|\|_F`; the grafted step :math:`\text{lr}\,D\|A\|/\|D\|` by at most
+    :math:`2\,\text{lr}\|A\|\|\Delta D\|/\|D\|`.  With float32 decompositions the step breaks that bound (by a factor of about 10 here)."""
+    grad = paper_layer_gradient(torch.float64)
+    options = dict(lr=LR, epsilon=EPS, epsilon_mode="relative", exponent=P, grafting="adam")
+    w, state = one_step(monkeypatch, None, grad, **options)
+    w_permuted, _ = one_step(monkeypatch, permuted_roots(torch.float64), grad, **options)
+    w_float32, _ = one_step(monkeypatch, permuted_roots(torch.float32), grad, **options)
+    L_r, R_r = state["L_root"][0], state["R_root"][0]
+    d_l, d_r = 2 * root_error(state["L"][0], EPS, P), 2 * root_error(state["R"][0], EPS, P)
+    gamma = max(grad.shape) * U64 / (1 - max(grad.shape) * U64)
+    dD = (d_l * (grad @ R_r).norm() + (L_r @ grad).norm() * d_r + d_l * grad.norm() * d_r
+          + 2 * (2 * gamma + gamma ** 2) * (L_r.abs() @ grad.abs() @ R_r.abs()).norm())
+    graft = (grad / ((state["graft_v"] / (1 - 0.999)).sqrt() + 1e-8)).norm()  # Adam's grafted step A
+    bound = LR * 2 * graft * dD / (L_r @ grad @ R_r).norm() + 8 * U64 * (LR * graft + w.norm())
+    assert (w_permuted - w).norm() <= bound
+    assert (w_float32 - w).norm() > 5 * bound

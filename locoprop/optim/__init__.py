@@ -30,7 +30,7 @@ parameter counts: they accept another optimizer's state and fail later, or not a
 momentum takes Shampoo's ``momentum_buffer``).  Check
 ``locoprop.optim.validation.state_dict_owner(state)`` before loading a checkpoint into them.
 """
-from .factory import DEFAULT_LR, FIRST_ORDER, OPTIMIZERS, REVISIONS, default_lr, make_optimizer
+from .factory import DEFAULT_LR, FIRST_ORDER, LABELS, OPTIMIZERS, REVISIONS, default_lr, make_optimizer
 from .locoprop import LocoProp
 from .tf_rmsprop import TFRMSProp
 
@@ -43,4 +43,4 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
-__all__ = ["LocoProp", "TFRMSProp", "KFAC", "Shampoo", "make_optimizer", "default_lr", "OPTIMIZERS", "FIRST_ORDER", "DEFAULT_LR", "REVISIONS"]
+__all__ = ["LocoProp", "TFRMSProp", "KFAC", "Shampoo", "make_optimizer", "default_lr", "OPTIMIZERS", "FIRST_ORDER", "DEFAULT_LR", "LABELS", "REVISIONS"]

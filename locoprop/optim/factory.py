@@ -28,10 +28,15 @@ from ..precision import PRECISIONS
 from .locoprop import LocoProp
 from .tf_rmsprop import TFRMSProp
 
-__all__ = ["OPTIMIZERS", "FIRST_ORDER", "DEFAULT_LR", "REVISIONS", "make_optimizer"]
+__all__ = ["OPTIMIZERS", "FIRST_ORDER", "DEFAULT_LR", "LABELS", "REVISIONS", "make_optimizer"]
 
 FIRST_ORDER = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam")
 OPTIMIZERS = FIRST_ORDER + ("kfac", "shampoo", "locoprop-s", "locoprop-m")
+
+#: The display name of every optimizer, as tables and figures write it.
+LABELS: dict[str, str] = {"sgd": "SGD", "momentum": "Momentum", "nesterov": "Nesterov", "adagrad": "AdaGrad",
+                          "rmsprop": "RMSProp", "adam": "Adam", "shampoo": "Shampoo", "kfac": "K-FAC",
+                          "locoprop-s": "LocoProp-S", "locoprop-m": "LocoProp-M"}
 
 # (class, fixed keyword arguments) of the first-order optimizers.
 _FIRST_ORDER: dict[str, tuple[type[torch.optim.Optimizer], dict[str, Any]]] = {

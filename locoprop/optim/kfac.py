@@ -18,6 +18,13 @@ has rows :math:`\frac1B\,\partial\ell_b/\partial A_k`; the per-example gradient 
 distribution (Bernoulli for a sigmoid output, unit Gaussian for identity, categorical for softmax)
 and uses :math:`g = \partial\ell(y)/\partial A` (one extra backward pass without autograd,
 :meth:`LayerCapture.backpropagate`); ``fisher="empirical"`` uses the training labels' gradients.
+The labels come from the optimizer's own generator, seeded with ``seed`` and kept on the
+parameters' device (its state is part of ``state_dict``): the same seed on the same device gives
+the same labels, and the global random state is left alone.  They are not drawn from a CPU
+generator and copied over: that would cost a transfer at every factor update and still not make a
+CUDA run repeat a CPU run, since the probabilities :math:`f(A_K)` come from the model's output,
+whose rounding differs between devices (a Bernoulli label flips wherever the uniform draw falls
+between the two roundings of its probability).
 
 **Factor averages.**  Every ``factor_update_freq`` steps,
 :math:`\hat X \leftarrow \rho\hat X + (1-\rho)X_{\rm batch}` from zero, divided by the weight
@@ -39,7 +46,8 @@ through adaptation, at the next such step):
 **Update.**  :math:`\nabla_{\bar W}` includes coupled weight decay :math:`\eta\bar W`.  Optional KL
 clipping scales :math:`\Delta` by :math:`\nu = \min(1, \sqrt{c/(\mathrm{lr}^2|\sum_k\langle\Delta_k,\nabla_k\rangle|)})`
 (on the device).  Momentum :math:`v \leftarrow \mu v + \Delta`, step
-:math:`\bar W \leftarrow \bar W - \mathrm{lr}\,v` (Nesterov: :math:`\Delta + \mu v`).
+:math:`\bar W \leftarrow \bar W - \mathrm{lr}\,v` (Nesterov: :math:`\Delta + \mu v`).  A parameter with
+``requires_grad=False`` (a frozen weight or bias) is left where it is.
 
 **Adaptive damping** (Levenberg–Marquardt, MG15 §6.5): every ``damping_adaptation_interval`` (T)
 steps the reduction ratio :math:`\rho = (h(\theta+\delta) - h(\theta)) / (M(\delta) - M(0))` with
@@ -51,12 +59,16 @@ the quadratic model :math:`M(\delta)-M(0) = \nabla h^\top\delta + \tfrac12\delta
 on the device (``torch.where``); :math:`h` comes from ``step(closure)``, where ``closure()``
 returns the batch loss at the current parameters (no backward): ``needs_loss_closure`` is True.
 
-**No host synchronisation** in ``step`` except, on inverse-update steps with
-``retry_float64=True``, one check whether any float32 Cholesky failed (to decide on the float64
-retry); with ``retry_float64=False`` there is none.  Exact damping uses ``torch.linalg.eigh``, whose
-convergence check synchronises on CUDA anyway; its inverse-update steps also check on the host
-whether every factor was finite and every decomposition succeeded, and skip the masked copies
-when so.
+**Host reads** (what ``tests/test_syncs.py`` counts per step:
+``Tensor.item``, ``bool``, ``float``, ``int``, ``tolist``, ``.cpu()``, ``.numpy()`` and the aten
+operations whose output size depends on the data, each a synchronisation on CUDA): none on a step
+without an inverse update; on an inverse-update step with ``damping_mode="pi"`` and
+``retry_float64=True``, one (whether any float32 Cholesky factorisation of any factor failed, for
+all factor sizes together, to decide on the float64 retry); none with ``retry_float64=False``.
+Exact damping reads nothing itself (a failed decomposition is replaced on the device by
+``torch.where``), but calls ``torch.linalg.eigh`` once per factor size on its inverse-update steps,
+and ``eigh`` checks its convergence on the host: one synchronisation per call on CUDA, which the
+test counts separately.
 """
 from __future__ import annotations
 
@@ -66,7 +78,7 @@ import torch
 from torch import Tensor, nn
 
 from ..capture import CapturedLayer, LayerCapture
-from .linalg import by_shape, damped_cholesky_inverse, eigh_with_retry
+from .linalg import by_shape, damped_cholesky_inverses, eigh_with_retry
 from .validation import SIGNATURE_KEY, check_hparam, check_state_dict, guess_owner, is_integer, is_number, signature
 
 __all__ = ["KFAC", "DEFAULT_LR", "DEFAULT_DAMPING", "ADAPTIVE_INITIAL_DAMPING"]
@@ -311,8 +323,9 @@ class KFAC(torch.optim.Optimizer):
     @staticmethod
     def _apply(layer: CapturedLayer, delta: Tensor) -> None:
         w, b = layer.module.weight, layer.module.bias
-        w.add_(delta[:, : w.shape[1]])
-        if b is not None:
+        if w.requires_grad:  # a frozen parameter never moves
+            w.add_(delta[:, : w.shape[1]])
+        if b is not None and b.requires_grad:
             b.add_(delta[:, -1])
 
     def _sample_targets(self, preact: Tensor) -> Tensor:
@@ -366,25 +379,21 @@ class KFAC(torch.optim.Optimizer):
                 pi = ((torch.diagonal(A).mean() / torch.diagonal(G).mean())).sqrt()
                 pi = torch.where(torch.isfinite(pi) & (pi > 0), pi, 1.0)
                 shifts += [pi * lam ** 0.5, lam ** 0.5 / pi]
-            for idx in by_shape(mats):
+            groups = by_shape(mats)
+            stacks = []
+            for idx in groups:
                 previous = [states[i // 2].get(("A_inv", "G_inv")[i % 2]) for i in idx]
-                inv = damped_cholesky_inverse(
-                    torch.stack([mats[i] for i in idx]), torch.stack([shifts[i] for i in idx]),
-                    None if any(p is None for p in previous) else torch.stack(previous),
-                    group["retry_float64"],
-                )
+                stacks.append((torch.stack([mats[i] for i in idx]), torch.stack([shifts[i] for i in idx]),
+                               None if any(p is None for p in previous) else torch.stack(previous)))
+            for idx, inv in zip(groups, damped_cholesky_inverses(stacks, group["retry_float64"])):
                 for i, m in zip(idx, inv):
                     states[i // 2][("A_inv", "G_inv")[i % 2]] = m
         else:
             for idx in by_shape(mats):
                 vals, vecs, ok = eigh_with_retry(torch.stack([mats[i] for i in idx]), group["retry_float64"])
-                all_ok = bool(ok.all())  # host check: eigh has synchronised already
-                for j, i in enumerate(idx):
+                for j, i in enumerate(idx):  # a failed decomposition keeps the previous one (on the device)
                     key = ("A", "G")[i % 2]
                     state = states[i // 2]
-                    if all_ok:
-                        state[key + "_eigvals"], state[key + "_eigvecs"] = vals[j].clamp_min(0.0), vecs[j]
-                        continue
                     old_vals = state.get(key + "_eigvals", torch.zeros_like(vals[j]))
                     old_vecs = state.get(key + "_eigvecs", torch.eye(vals.shape[-1], dtype=vals.dtype, device=vals.device))
                     state[key + "_eigvals"] = torch.where(ok[j], vals[j].clamp_min(0.0), old_vals)

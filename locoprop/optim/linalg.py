@@ -4,6 +4,12 @@ Every routine works on a stack of matrices (batch, n, n), never raises on a nume
 never returns non-finite values: a float32 failure is retried in float64, and what still fails
 keeps the caller's previous result.  (``check_hparam``, re-exported here, lives in
 :mod:`locoprop.optim.validation`.)
+
+**Host reads.**  Failures are handled on the device with ``torch.where`` (whose result is the
+computed value wherever nothing failed), so the routines read nothing back to the host, with two
+exceptions: :func:`damped_cholesky_inverses` reads one flag, for all its stacks together, to decide
+whether a float64 retry is needed; and ``torch.linalg.eigh`` itself checks its convergence on the
+host (a synchronisation per call on CUDA, which PyTorch does not let a caller skip).
 """
 from __future__ import annotations
 
@@ -16,7 +22,8 @@ from torch import Tensor
 
 from .validation import check_hparam  # noqa: F401  (re-exported: the optimizers' hyper-parameter check)
 
-__all__ = ["check_hparam", "by_shape", "eigh_with_retry", "inverse_root", "damped_cholesky_inverse"]
+__all__ = ["check_hparam", "by_shape", "eigh_with_retry", "inverse_root", "damped_cholesky_inverse",
+           "damped_cholesky_inverses"]
 
 
 def by_shape(mats: Sequence[Tensor], key: Callable[[int], Any] = lambda i: None) -> list[list[int]]:
@@ -46,11 +53,10 @@ def eigh_with_retry(mats: Tensor, retry_float64: bool = True) -> tuple[Tensor, T
     :math:`I` and flagged; a float32 ``torch.linalg.eigh`` failure is retried in float64 (if
     ``retry_float64``).  Returns ``(eigenvalues, eigenvectors, ok)`` in the input dtype, where ``ok``
     (batch,) is False for matrices whose decomposition failed or is not finite: the caller must not use
-    those.  When nothing fails, the cost is that of one ``eigh`` plus elementwise checks.
+    those.  When nothing fails, the cost is that of one ``eigh`` plus elementwise checks and copies.
     """
     finite_in = torch.isfinite(mats.sum((-2, -1)))  # a non-finite entry makes the sum non-finite
-    all_finite = bool(finite_in.all())  # eigh checks convergence on the host anyway
-    sym = mats if all_finite else torch.where(finite_in[:, None, None], mats, _eye_like(mats))
+    sym = torch.where(finite_in[:, None, None], mats, _eye_like(mats))  # ``mats`` itself where finite
     try:
         vals, vecs = torch.linalg.eigh(sym)
     except torch.linalg.LinAlgError:
@@ -97,28 +103,43 @@ def inverse_root(
 def damped_cholesky_inverse(
     mats: Tensor, shifts: Tensor, previous: Tensor | None = None, retry_float64: bool = True
 ) -> Tensor:
-    r"""Batched :math:`(M_i + s_i I)^{-1}` by Cholesky, never non-finite.
+    r"""Batched :math:`(M_i + s_i I)^{-1}` by Cholesky, never non-finite: :func:`damped_cholesky_inverses`
+    of one stack."""
+    return damped_cholesky_inverses([(mats, shifts, previous)], retry_float64)[0]
+
+
+def damped_cholesky_inverses(
+    stacks: Sequence[tuple[Tensor, Tensor, Tensor | None]], retry_float64: bool = True
+) -> list[Tensor]:
+    r"""Batched :math:`(M_i + s_i I)^{-1}` by Cholesky for several stacks ``(mats, shifts, previous)``.
 
     ``mats`` (batch, n, n) symmetric PSD (only the lower triangle is read), ``shifts`` (batch,).  The
     inverse is ``torch.cholesky_inverse`` of the factor (LAPACK ``potri``: no triangular solve against
-    the identity, half the work).  Matrices whose float32 factorisation fails are refactorised in
-    float64 (``retry_float64``; this needs one host check of the failure flags); those that still fail,
-    or give non-finite inverses, get ``previous`` (default identity).
+    the identity, half the work).  If a float32 factorisation of any stack failed, every float32 stack
+    is refactorised in float64 (``retry_float64``) and the float64 inverse replaces the failed ones
+    only; deciding this takes one host read of the failure flags, for all stacks together (none with
+    ``retry_float64=False``).  Matrices that still fail, or give non-finite inverses, get
+    ``previous`` (default identity).
     """
-    eye = torch.eye(mats.shape[-1], dtype=mats.dtype, device=mats.device)
-    damped = mats + shifts[:, None, None] * eye
-
     def attempt(m: Tensor) -> tuple[Tensor, Tensor]:
         # Failed factors are swapped for I first, so that cholesky_inverse only sees valid factors.
         chol, info = torch.linalg.cholesky_ex(m)
         chol = torch.where((info == 0)[:, None, None], chol, torch.eye(m.shape[-1], dtype=m.dtype, device=m.device))
         inv = torch.cholesky_inverse(chol)
-        ok = (info == 0) & _finite(inv, 2)
-        return inv.to(mats.dtype), ok
+        return inv, (info == 0) & _finite(inv, 2)
 
-    inv, ok = attempt(damped)
-    if retry_float64 and damped.dtype != torch.float64 and not bool(ok.all()):  # the one host check
-        inv64, ok64 = attempt(damped.double())
-        inv, ok = torch.where(ok[:, None, None], inv, inv64), ok | ok64
-    fallback = eye.expand_as(mats) if previous is None else previous
-    return torch.where(ok[:, None, None], inv, fallback)
+    damped = [mats + shifts[:, None, None] * torch.eye(mats.shape[-1], dtype=mats.dtype, device=mats.device)
+              for mats, shifts, _ in stacks]
+    results = [attempt(m) for m in damped]
+    lower = [i for i, m in enumerate(damped) if m.dtype != torch.float64]
+    if retry_float64 and lower and not bool(torch.stack([results[i][1].all() for i in lower]).all()):  # the host read
+        for i in lower:
+            inv, ok = results[i]
+            inv64, ok64 = attempt(damped[i].double())
+            results[i] = torch.where(ok[:, None, None], inv, inv64.to(inv.dtype)), ok | ok64
+    out = []
+    for (mats, _, previous), (inv, ok) in zip(stacks, results):
+        fallback = torch.eye(mats.shape[-1], dtype=mats.dtype, device=mats.device).expand_as(mats) \
+            if previous is None else previous
+        out.append(torch.where(ok[:, None, None], inv, fallback))
+    return out

@@ -28,7 +28,24 @@ carry the product's rounding only on the displacement.
 **Precision of the local products** (``products``).  ``"float32"`` or ``"bfloat16"``: the two products
 of an iteration (the displacement's and the gradient's) in that dtype, with float32 accumulation
 (under ``torch.autocast`` the recorded :math:`A` is the forward product's output, upcast once).
-Weights, gradients, targets and the inner optimizer's state stay float32.
+Weights, gradients, targets and the inner optimizer's state stay float32.  A bfloat16 product sums
+in float32 and rounds its result once to bfloat16 (see :mod:`locoprop.precision`; on CUDA the step
+turns cuBLAS's bfloat16 partial sums off around its products).
+
+**The step as one program.**  With the paper's inner optimizer (TF1-RMSProp) a step has a fixed
+sequence of tensor operations that reads no number from the device and no Python number that
+changes from step to step, so it can be compiled whole (``torch.compile(type(opt).step, fullgraph=True)``
+called with ``opt``: an lr scheduler wraps ``opt.step`` in a function that Dynamo does not trace) or
+captured in a CUDA graph (float32 products: around bfloat16 ones the step sets a CUDA backend flag,
+see above): each layer's learning rate :math:`\nu` is a float64 0-dim tensor in its
+parameter group (an lr scheduler updates it in place; :math:`\nu\max(1 - j/T, \text{lr\_floor})` is
+formed on the device and rounded once to the weights' dtype, the same number the float arithmetic
+gives); the local gradients are written into buffers allocated with the optimizer (``.grad`` keeps
+the BackProp gradient); the inner state (:math:`s = 1`, :math:`m = 0`) is created with the optimizer;
+and each local iteration updates all layers with one multi-tensor call per operation of
+:func:`~locoprop.optim.tf_rmsprop.tf_rmsprop_update`.  Other inner optimizers run through their
+``torch.optim`` step, which takes the layers' learning rates as Python numbers: one host read per
+step.
 """
 from __future__ import annotations
 
@@ -38,8 +55,9 @@ import torch
 from torch import Tensor, nn
 
 from ..capture import CapturedLayer, LayerCapture
+from ..precision import float32_accumulation
 from ..transfer import Transfer
-from .tf_rmsprop import TFRMSProp
+from .tf_rmsprop import TFRMSProp, tf_rmsprop_update
 from .validation import SIGNATURE_KEY, check_hparam, check_state_dict, guess_owner, is_integer, is_number, signature
 
 __all__ = [
@@ -261,10 +279,14 @@ class LocoProp(torch.optim.Optimizer):
     Use it like any optimizer: ``zero_grad()``, forward, ``loss.backward()``, ``step()``: exactly one
     forward pass with gradients and one backward pass per step (gradient accumulation raises, see
     :mod:`locoprop.capture`).
+    A parameter with ``requires_grad=False`` is left where it is, and a layer whose parameters are all
+    frozen runs no local iterations.
 
     Args:
         model: ``nn.Sequential`` of ``nn.Linear`` layers and activation modules.
-        lr: inner learning rate :math:`\nu` (an lr scheduler may change it).
+        lr: inner learning rate :math:`\nu`, a number or a 0-dim tensor; each layer's parameter group
+            holds its own copy as a float64 0-dim tensor on the parameters' device, which an lr
+            scheduler updates in place.
         variant: ``"M"`` (matching loss of each transfer function) or ``"S"`` (squared loss on
             pre-activations).
         gamma: activation learning rate :math:`\gamma` (step of the targets).
@@ -302,7 +324,7 @@ class LocoProp(torch.optim.Optimizer):
             check_hparam("LocoProp", name, value, test, allowed)
 
         check("variant", variant, lambda v: v in VARIANTS, "'M' (matching losses) or 'S' (squared loss)")
-        check("lr", lr, lambda v: is_number(v) and v >= 0, "a finite number >= 0 (the inner learning rate)")
+        check("lr", lr, lambda v: _is_lr(v), "a finite number >= 0 or a 0-dim tensor holding one (the inner learning rate)")
         check("gamma", gamma, lambda v: is_number(v) and v > 0, "a finite number > 0 (the activation learning rate)")
         check("local_iters", local_iters, lambda v: is_integer(v) and v >= 1, "an integer >= 1 (the number T of local iterations)")
         check("eta", eta, lambda v: v is None or (is_number(v) and v > 0),
@@ -320,13 +342,28 @@ class LocoProp(torch.optim.Optimizer):
         self.products = products
         self.capture = LayerCapture(model, output_activation)
         groups = [{"params": layer.params} for layer in self.capture.layers]
-        super().__init__(groups, dict(lr=lr, gamma=gamma, local_iters=local_iters, eta=eta, lr_floor=lr_floor))
+        lr_number = float(lr)
+        super().__init__(groups, dict(lr=lr_number, gamma=gamma, local_iters=local_iters, eta=eta, lr_floor=lr_floor))
+        params = self._params()
+        self._device = params[0].device
+        for group in self.param_groups:
+            group["lr"] = self._lr_tensor(lr)
         # one inner optimizer, one parameter group per layer; its state persists across steps
         try:
-            self.inner = inner([{"params": layer.params} for layer in self.capture.layers], lr=lr, **(inner_kwargs or {}))
+            self.inner = inner([{"params": layer.params} for layer in self.capture.layers], lr=lr_number,
+                               **(inner_kwargs or {}))
         except Exception:
             self.capture.remove()  # leave no hooks on the model of an optimizer that was not built
             raise
+        self._multi_tensor = type(self.inner) is TFRMSProp  # the step of the module docstring
+        if self._multi_tensor:
+            for p in params:
+                self.inner.init_state(p)
+        # per layer (by its index in the model): the local gradients, and the weights at the step's start
+        self._local_grads = [[torch.zeros_like(p) for p in layer.params] for layer in self.capture.layers]
+        self._starts = [[torch.zeros_like(p) for p in layer.params] for layer in self.capture.layers]
+        self._factors: tuple[tuple, Tensor] | None = None  # (hyper-parameters, lr factors), see _lr_table
+        self._lr_factors()  # on the device now, not in the first step
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -342,34 +379,98 @@ class LocoProp(torch.optim.Optimizer):
             local_target(self.variant, layer.transfer, layer.preact, layer.grad, group["gamma"])
             for layer, group in zip(layers, groups)
         ]
-        global_grads = [p.grad for p in self._params()]
         low = PRODUCTS[self.products]
-        starts = [[p.detach().clone() for p in layer.params] for layer in layers]
+        torch._foreach_copy_([p0 for layer in layers for p0 in self._starts[layer.index]], self._params())
         low_inputs = [layer.inputs.to(low) for layer in layers] if low else [layer.inputs for layer in layers]
-        # Local iteration j of every layer, then one inner step over all layers (one multi-tensor
-        # update instead of one per layer; the layers' problems stay independent).
+        with float32_accumulation(self._device, enabled=low is not None):
+            if self._multi_tensor:
+                self._multi_tensor_iterations(targets, low_inputs)
+            else:
+                self._inner_optimizer_iterations(targets, low_inputs)
+        self.capture.clear()
+        return loss
+
+    def _multi_tensor_iterations(self, targets: list[Tensor], low_inputs: list[Tensor]) -> None:
+        """The local iterations with TF1-RMSProp: iteration j of every layer, then one multi-tensor
+        update of all layers (the layers' problems stay independent)."""
+        layers, groups = self.capture.layers, self.param_groups
+        iters = [group["local_iters"] for group in groups]
+        lrs = self._lr_table()
+        hyper = [(g["decay"], g["momentum"], g["eps"]) for g in self.inner.param_groups]
+        for j in range(max(iters)):
+            batches: dict[tuple, list[list]] = {}  # one update per inner setting (normally one)
+            for k, (layer, group) in enumerate(zip(layers, groups)):
+                if j >= iters[k] or not any(p.requires_grad for p in layer.params):  # T done, or a frozen layer
+                    continue
+                grads = self._local_grads[layer.index]
+                self._local_gradient(layer, targets[k], self._starts[layer.index], group["eta"], low_inputs[k], grads)
+                batch = batches.setdefault(hyper[k], [[], [], [], [], []])
+                for p, g in zip(layer.params, grads):
+                    if not p.requires_grad:  # a frozen parameter stays where it is
+                        continue
+                    state = self.inner.init_state(p)
+                    for items, item in zip(batch, (p, g, state["ms"], state["mom"], lrs[j * len(layers) + k])):
+                        items.append(item)
+            for (decay, momentum, eps), (params, grads, ms, mom, lr) in batches.items():
+                tf_rmsprop_update(params, grads, ms, mom, lr, decay, momentum, eps)
+
+    def _inner_optimizer_iterations(self, targets: list[Tensor], low_inputs: list[Tensor]) -> None:
+        """The local iterations with a ``torch.optim`` inner optimizer: the local gradients in ``.grad``
+        (the BackProp gradients are put back afterwards), one inner step per local iteration."""
+        layers, groups = self.capture.layers, self.param_groups
+        params = self._params()
+        global_grads = [p.grad for p in params]
+        for layer in layers:
+            for p, g in zip(layer.params, self._local_grads[layer.index]):
+                p.grad = g if p.requires_grad else None  # an inner optimizer skips a parameter without .grad
+        base = torch.stack([group["lr"] for group in groups]).tolist()  # one host read for all layers
         for j in range(max(group["local_iters"] for group in groups)):
-            for layer, group, inner_group, target, start, x_low in zip(
-                    layers, groups, self.inner.param_groups, targets, starts, low_inputs):
+            for k, (layer, group, inner_group) in enumerate(zip(layers, groups, self.inner.param_groups)):
                 T = group["local_iters"]
-                if j < T:
-                    self._local_gradient(layer, target, start, group["eta"], x_low)
+                if j < T and any(p.requires_grad for p in layer.params):
+                    self._local_gradient(layer, targets[k], self._starts[layer.index], group["eta"], low_inputs[k],
+                                         self._local_grads[layer.index])
                 else:  # this layer has done its T iterations
                     for p in layer.params:
                         p.grad = None
-                inner_group["lr"] = group["lr"] * max(1.0 - j / T, group["lr_floor"])
+                inner_group["lr"] = base[k] * max(1.0 - j / T, group["lr_floor"])
             self.inner.step()
-        for p, g in zip(self._params(), global_grads):
+        for p, g in zip(params, global_grads):
             p.grad = g
-        self.capture.clear()
-        return loss
+
+    def _lr_table(self) -> list[Tensor]:
+        r""":math:`\nu_k\max(1 - j/T_k, \text{lr\_floor}_k)` for local iteration j and layer k, as 0-dim
+        tensors of the weights' dtype (entry ``j * layers + k``; 0 where :math:`j \ge T_k`).
+
+        The factors are formed in Python (double precision, :meth:`_lr_factors`); the product with the
+        float64 :math:`\nu_k` and its rounding are the float arithmetic's, so the tensors hold the numbers
+        that ``float`` learning rates would give.
+        """
+        base = torch.stack([g["lr"] for g in self.param_groups])
+        dtype = self._params()[0].dtype
+        return list((self._lr_factors() * base).to(dtype).view(-1).unbind())
+
+    def _lr_factors(self) -> Tensor:
+        r"""The factors :math:`\max(1 - j/T_k, \text{lr\_floor}_k)` (0 where :math:`j \ge T_k`), a float64
+        (max T) x (layers) tensor on the device, made again only when ``local_iters`` or ``lr_floor`` change."""
+        key = tuple((g["local_iters"], g["lr_floor"]) for g in self.param_groups)
+        if self._factors is None or self._factors[0] != key:
+            rows = [[max(1.0 - j / T, floor) if j < T else 0.0 for T, floor in key] for j in range(max(T for T, _ in key))]
+            self._factors = (key, torch.tensor(rows, dtype=torch.float64, device=self._device))
+        return self._factors[1]
+
+    def _lr_tensor(self, lr: float | Tensor) -> Tensor:
+        """``lr`` as a float64 0-dim tensor of this optimizer's own, on the parameters' device."""
+        if torch.is_tensor(lr):
+            return lr.detach().reshape(()).to(device=self._device, dtype=torch.float64, copy=True)
+        return torch.tensor(float(lr), dtype=torch.float64, device=self._device)
 
     def _params(self) -> list[nn.Parameter]:
         return [p for layer in self.capture.layers for p in layer.params]
 
     def _local_gradient(self, layer: CapturedLayer, target: Tensor, start: list[Tensor], eta: float | None,
-                        x_low: Tensor) -> None:
-        r"""Set ``.grad`` of the layer's weight and bias to :math:`\delta^\top\bar X + \eta^{-1}(\bar W - \bar W^t)`,
+                        x_low: Tensor, grads: list[Tensor]) -> None:
+        r"""Write :math:`\delta^\top\bar X + \eta^{-1}(\bar W - \bar W^t)` into ``grads`` (weight, bias),
         with :math:`\hat A = A + \bar X(\bar W - \bar W^t)^\top` (``start`` holds :math:`\bar W^t`) and the two
         products taken in the dtype of ``x_low`` (the layer inputs in the precision of ``products``).
         """
@@ -379,12 +480,15 @@ class LocoProp(torch.optim.Optimizer):
         if module.bias is not None:
             preact_hat = preact_hat + (module.bias - start[1])
         delta = local_residual(self.variant, layer.transfer, preact_hat, target)
-        module.weight.grad = (delta.to(x_low.dtype).T @ x_low).to(x.dtype)
+        if x_low.dtype == grads[0].dtype:
+            torch.mm(delta.T, x_low, out=grads[0])
+        else:
+            grads[0].copy_(delta.to(x_low.dtype).T @ x_low)
         if module.bias is not None:
-            module.bias.grad = delta.sum(dim=0)
+            torch.sum(delta, dim=0, out=grads[1])
         if eta is not None:
-            for p, p0 in zip(layer.params, start):
-                p.grad.add_(p - p0, alpha=1.0 / eta)
+            for g, p, p0 in zip(grads, layer.params, start):
+                g.add_(p - p0, alpha=1.0 / eta)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """``torch.optim.Optimizer.zero_grad``; also forgets the layer gradients recorded so far (not the forward pass)."""
@@ -395,22 +499,36 @@ class LocoProp(torch.optim.Optimizer):
         return signature(f"LocoProp-{self.variant}", self._params(), inner=type(self.inner).__name__)
 
     def state_dict(self) -> dict[str, Any]:
-        """The outer state, the inner optimizer's state (one parameter group per layer) and the
-        signature (variant, inner optimizer, parameter shapes) that :meth:`load_state_dict` checks."""
+        """The outer state (learning rates as float64 0-dim tensors), the inner optimizer's state (one parameter
+        group per layer; with TF1-RMSProp the rates come from the outer groups, and the inner groups keep the
+        one they were built with) and the signature (variant, inner optimizer, parameter shapes) that
+        :meth:`load_state_dict` checks."""
         state = super().state_dict()
+        for group in state["param_groups"]:  # copies: the live tensors change with every scheduler step
+            group["lr"] = group["lr"].clone()
         state["inner"] = self.inner.state_dict()
         state[SIGNATURE_KEY] = self._signature()
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a :class:`LocoProp` state of the same variant, inner optimizer and model (``ValueError`` otherwise)."""
+        """Load a :class:`LocoProp` state of the same variant, inner optimizer and model (``ValueError`` otherwise);
+        learning rates saved as numbers (states from before they were tensors) become tensors."""
         check_state_dict("LocoProp", state_dict, self._signature(), _legacy_problem)
         state_dict = dict(state_dict)
         inner_state = state_dict.pop("inner", None)
         if inner_state is None:
             raise ValueError("this state_dict has no inner-optimizer state: was it saved by a LocoProp optimizer?")
         super().load_state_dict(state_dict)
+        for group in self.param_groups:  # a number in states saved before learning rates were tensors
+            group["lr"] = self._lr_tensor(group["lr"])
         self.inner.load_state_dict(inner_state)
+
+
+def _is_lr(value: Any) -> bool:
+    """A learning rate: a finite number >= 0, or a 0-dim (one-element) real tensor holding one."""
+    if torch.is_tensor(value):
+        return value.numel() == 1 and value.is_floating_point() and is_number(float(value)) and float(value) >= 0
+    return is_number(value) and value >= 0
 
 
 def _legacy_problem(state_dict: dict) -> str | None:
@@ -449,7 +567,7 @@ def replay_local_iterations(
     """
     opt.capture.require_backward()
     captured = opt.capture.layers[layer]
-    group = opt.param_groups[layer]
+    group = {**opt.param_groups[layer], "lr": float(opt.param_groups[layer]["lr"])}
     params = [p.detach().clone() for p in captured.params]
     start = [p.clone() for p in params]
     if inner is None:

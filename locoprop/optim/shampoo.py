@@ -35,9 +35,15 @@ parameters' dtype: a float32 decomposition's eigenvalue errors are as large as a
 :math:`\epsilon = 10^{-6}`, so the smallest directions' roots would swing with its rounding; see
 :func:`locoprop.optim.linalg.inverse_root`), batched over all statistics of equal size across
 parameters, with eigenvalues clamped at 0 and a pseudo-inverse where :math:`\lambda + \epsilon = 0`;
-if a decomposition fails (or returns non-finite values) the previous root is kept.  The step has no
-``.item()``; the only host synchronisation is the convergence check inside ``torch.linalg.eigh``
-on CUDA, on root-update steps only.
+if a decomposition fails (or returns non-finite values) the previous root is kept (on the device, by
+``torch.where``).
+
+**Host reads** (what ``tests/test_syncs.py`` counts per step:
+``Tensor.item``, ``bool``, ``float``, ``int``, ``tolist``, ``.cpu()``, ``.numpy()`` and the aten
+operations whose output size depends on the data, each a synchronisation on CUDA): none, on every
+step.  Root-update steps call ``torch.linalg.eigh`` once per statistic size (five for the paper's
+autoencoder: 1000, 784, 500, 250, 30), and ``eigh`` checks its convergence on the host: one
+synchronisation per call on CUDA, which the test counts separately.
 
 """
 from __future__ import annotations

@@ -12,6 +12,13 @@ It differs from ``torch.optim.RMSprop``: the second moment starts at one (not ze
 sits inside the square root, and the learning rate :math:`\nu` is multiplied into the momentum
 buffer (so a learning rate that changes every step acts on new gradients only).  The defaults are
 the official LocoProp notebook's: :math:`\rho = 0.9`, :math:`\mu = 0.999`, :math:`\epsilon = 10^{-5}`.
+
+:func:`tf_rmsprop_update` is the update in multi-tensor (``torch._foreach_*``) form over any list of
+parameters; :class:`LocoProp <locoprop.optim.locoprop.LocoProp>` calls it once per local iteration
+for all layers, with one learning rate per parameter as a 0-dim tensor (so nothing in its step is a
+Python number that changes from step to step).  The term :math:`\nu g/\sqrt{s+\epsilon}` is computed
+as :math:`(\nu g)/\sqrt{s+\epsilon}` for a number :math:`\nu` (``addcdiv``) and for tensors alike, so the
+two forms give the same bits.
 """
 from __future__ import annotations
 
@@ -19,7 +26,7 @@ import torch
 
 from .validation import SIGNATURE_KEY, check_hparam, check_state_dict, guess_owner, is_number, signature
 
-__all__ = ["TFRMSProp"]
+__all__ = ["TFRMSProp", "tf_rmsprop_update"]
 
 
 class TFRMSProp(torch.optim.Optimizer):
@@ -59,22 +66,39 @@ class TFRMSProp(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            for p in params:
-                if not self.state[p]:
-                    self.state[p]["ms"] = torch.ones_like(p)
-                    self.state[p]["mom"] = torch.zeros_like(p)
-            grads = [p.grad for p in params]
-            ms = [self.state[p]["ms"] for p in params]
-            mom = [self.state[p]["mom"] for p in params]
-            # multi-tensor (foreach) form of the three updates in the module docstring
-            torch._foreach_mul_(ms, group["decay"])
-            torch._foreach_addcmul_(ms, grads, grads, value=1.0 - group["decay"])
-            denom = torch._foreach_add(ms, group["eps"])
-            torch._foreach_sqrt_(denom)
-            torch._foreach_mul_(mom, group["momentum"])
-            torch._foreach_addcdiv_(mom, grads, denom, value=group["lr"])
-            torch._foreach_sub_(params, mom)
+            states = [self.init_state(p) for p in params]
+            tf_rmsprop_update(params, [p.grad for p in params], [st["ms"] for st in states],
+                              [st["mom"] for st in states], group["lr"], group["decay"], group["momentum"], group["eps"])
         return loss
+
+    def init_state(self, p: torch.Tensor) -> dict:
+        """The state of parameter ``p``, created at rest (:math:`s = 1`, :math:`m = 0`) if it has none."""
+        state = self.state[p]
+        if not state:
+            state["ms"] = torch.ones_like(p)
+            state["mom"] = torch.zeros_like(p)
+        return state
+
+
+def tf_rmsprop_update(params: list[torch.Tensor], grads: list[torch.Tensor], ms: list[torch.Tensor],
+                      mom: list[torch.Tensor], lr: float | list[torch.Tensor], decay: float, momentum: float,
+                      eps: float) -> None:
+    """The update of the module docstring, in place, in multi-tensor form over all of ``params``.
+
+    ``lr``: one number for every parameter, or one 0-dim tensor per parameter (of the parameters' dtype).
+    """
+    torch._foreach_mul_(ms, decay)
+    torch._foreach_addcmul_(ms, grads, grads, value=1.0 - decay)
+    denom = torch._foreach_add(ms, eps)
+    torch._foreach_sqrt_(denom)
+    torch._foreach_mul_(mom, momentum)
+    if isinstance(lr, list):
+        step = torch._foreach_mul(grads, lr)  # (lr g) / denom, added: what addcdiv computes for a number
+        torch._foreach_div_(step, denom)
+        torch._foreach_add_(mom, step)
+    else:
+        torch._foreach_addcdiv_(mom, grads, denom, value=lr)
+    torch._foreach_sub_(params, mom)
 
 
 def _legacy_problem(state_dict: dict) -> str | None:

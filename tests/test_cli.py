@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +87,7 @@ def exit_code(argv) -> int:
 
 def test_missing_data_is_a_one_line_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(data, "cache_dir", lambda: tmp_path / "cache")
+    (tmp_path / "empty").mkdir()  # a data folder without MNIST (a missing one is an error of its own)
     monkeypatch.setenv(data.ENV_VAR, str(tmp_path / "empty"))
 
     def offline(url, output_file, pooch):
@@ -113,3 +115,58 @@ def test_bench_forwards_its_arguments(monkeypatch):
     monkeypatch.setattr(bench, "main", lambda argv: seen.append(argv) or 0)
     assert main(["bench", "--steps", "3", "--device", "cpu"]) == 0
     assert seen == [["--steps", "3", "--device", "cpu"]]
+
+
+def test_version_and_defaults_in_help(capsys):
+    import locoprop
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip().endswith(locoprop.__version__)
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    out = capsys.readouterr().out
+    assert "(default: smoke)" in out and "(default: 0)" in out and "example: python -m locoprop sweep" in out
+
+
+def test_tune_prints_its_plan_and_a_dry_run_trains_nothing(tmp_path, capsys):
+    code = main(["tune", "--optimizer", "sgd,adam", "--finalists", "--seeds", "0,1", "--dry-run",
+                 "--results-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0 and not list(tmp_path.rglob("*.json"))
+    # smoke rungs 2, 5, 10: 8 x 2 + 4 x 3 + 2 x 5 = 38 epochs of trials, then seed 1: 10 epochs
+    assert "sgd: successive halving (8 to epoch 2, 4 to epoch 5, 2 to epoch 10: 38 epochs" in out
+    assert "then seeds 1 (10 epochs): 48 epochs" in out and "estimated time" in out
+
+
+def test_tune_refuses_epochs_that_the_short_trials_would_ignore(capsys):
+    code = main(["tune", "--search", "short", "--profile", "paper", "--optimizer", "sgd", "--epochs", "3", "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "do not apply to the short search" in err
+
+
+def test_losses_are_printed_to_two_decimals_and_warnings_are_one_plain_line(tmp_path, capsys, monkeypatch):
+    from locoprop.experiments import bf16_check
+
+    monkeypatch.setattr(bf16_check, "measured", lambda **_: {})
+    code = main(["sweep", "--optimizer", "sgd", "--subset", "200", "--epochs", "2", "--precision", "bf16",
+                 "--results-dir", str(tmp_path), "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 0
+    losses = re.findall(r"final train loss (\S+) test loss (\S+)", captured.out)
+    assert losses and all(re.fullmatch(r"\d+\.\d\d", v) for pair in losses for v in pair)
+    warned = [line for line in captured.err.splitlines() if "warning" in line]
+    assert warned == [line for line in warned if line.startswith("locoprop: warning: bf16 is not offered for sgd")]
+    assert warned and "UserWarning" not in captured.err
+
+
+def test_an_interrupted_bench_does_not_promise_a_resume(monkeypatch, capsys):
+    from locoprop.experiments import bench
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "main", interrupted)
+    assert main(["bench"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "resume" not in err

@@ -98,7 +98,7 @@ def test_a_checkpoint_without_its_digest_is_refused(tmp_path):
     cfg = tiny(tmp_path)
     interrupted(cfg)
     path = cfg.paths()["checkpoint"]
-    path.with_name(path.name + ".sha256").unlink()
+    path.write_bytes(path.read_bytes().split(b"\n", 1)[1])  # the checkpoint's bytes without the digest heading them
     with pytest.raises(RunConflictError, match="SHA-256"):
         run(cfg, progress=False)
     assert path.exists()
@@ -277,3 +277,49 @@ def test_a_failed_execution_leaves_the_executed_notebook_alone(tmp_path):
         reproduce.execute("01_local_losses", {"profile": "smoke"}, root)
     assert executed.read_text() == "the committed notebook\n"
     assert (root / "notebooks" / "01_local_losses.failed.ipynb").exists()
+
+
+def test_reexecuting_an_unchanged_notebook_leaves_its_file_byte_identical(tmp_path):
+    root = tmp_path / "checkout"
+    _fake_checkout(root, "import time\nprint('stable output')\ntime.sleep(0.05)")
+    first = reproduce.execute("01_local_losses", {"profile": "smoke"}, root).read_bytes()
+    again = reproduce.execute("01_local_losses", {"profile": "smoke"}, root).read_bytes()
+    assert again == first  # same outputs: the file, its cell ids and its execution times stay as they were
+    _fake_checkout(tmp_path / "other", "print('another output')")
+    (root / "notebooks" / "01_local_losses.py").write_text((tmp_path / "other" / "notebooks" / "01_local_losses.py").read_text())
+    changed = reproduce.execute("01_local_losses", {"profile": "smoke"}, root).read_bytes()
+    assert changed != first and b"another output" in changed
+
+
+def test_a_figure_of_the_book_is_written_from_the_executed_notebook_only(tmp_path, monkeypatch):
+    import base64
+
+    root = tmp_path / "checkout"
+    monkeypatch.setitem(reproduce.FIGURES, "01_local_losses", {"fig": "book/figures/f.png"})
+    _fake_checkout(root, "import matplotlib.pyplot as plt\n"
+                         "from myst_nb import glue\nfig, ax = plt.subplots()\nax.plot([1, 2])\n"
+                         "glue('fig', fig, display=False)")
+    out = reproduce.execute("01_local_losses", {"profile": "smoke"}, root)
+    written = (root / "book" / "figures" / "f.png").read_bytes()
+    glued = [o for c in json.loads(out.read_text())["cells"] for o in c.get("outputs", [])
+             if o.get("metadata", {}).get("scrapbook", {}).get("name") == "fig"]
+    png = next(v for k, v in glued[0]["data"].items() if k.endswith("image/png"))
+    assert written.startswith(b"\x89PNG") and written == base64.b64decode(png)
+    _fake_checkout(tmp_path / "failing", "raise RuntimeError('this cell fails')")
+    (root / "notebooks" / "01_local_losses.py").write_text(
+        (tmp_path / "failing" / "notebooks" / "01_local_losses.py").read_text())
+    with pytest.raises(Exception, match="this cell fails"):
+        reproduce.execute("01_local_losses", {"profile": "smoke"}, root)
+    assert (root / "book" / "figures" / "f.png").read_bytes() == written  # a failed execution writes no figure
+
+
+@pytest.mark.parametrize("name", reproduce.NOTEBOOKS)
+def test_every_notebook_checks_its_parameters_first(name):
+    """The first cell after the parameters calls check_parameters, which refuses a bad profile or seeds."""
+    source = (REPO / "notebooks" / f"{name}.py").read_text()
+    after = source.split('tags=["parameters"', 1)[1].split("# %%", 2)[1]
+    assert "check_parameters(" in after
+    with pytest.raises(ValueError, match="unknown profile 'huge'"):
+        reproduce.check_parameters(profile="huge")
+    with pytest.raises(ValueError, match="seeds"):
+        reproduce.check_parameters(profile="smoke", seeds=[-1])

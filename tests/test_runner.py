@@ -1,11 +1,14 @@
 """The experiment runner: determinism, resume, divergence, skipping, conflicts, sweeps, results."""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 
 import pandas as pd
 import pytest
+import torch
 
 import locoprop
 
@@ -126,6 +129,56 @@ def test_run_id_and_defaults():
     assert (p.dataset, p.epochs, p.batch_size, p.warmup_epochs, p.sizes) == (
         "fashion-mnist", 100, 1000, 5, (784, 1000, 500, 250, 30, 250, 500, 1000, 784))
     assert set(config.DEFAULT_HPARAMS["smoke"]) == set(locoprop.OPTIMIZERS)
+
+
+def documented_run_id(config: dict) -> str:
+    """The run id as config.py documents it, computed here from a result file's configuration: SHA-256 of the
+    identity JSON (sorted keys; numbers in hparams as floats; the revision when not 1; the kind of device when
+    not the CPU), first 10 hex digits."""
+    keys = ("dataset", "optimizer", "hparams", "seed", "profile", "sizes", "activation", "epochs", "batch_size",
+            "warmup_epochs", "subset", "divergence_factor", "precision", "exits")
+    ident = {k: config[k] for k in keys}
+    ident["hparams"] = {k: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+                        for k, v in config["hparams"].items()}
+    if config.get("revision", 1) != 1:
+        ident["revision"] = config["revision"]
+    if config["device"].split(":")[0] != "cpu":
+        ident["device_type"] = config["device"].split(":")[0]
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{config['dataset']}_{config['optimizer']}_seed{config['seed']}_{digest}"
+
+
+def test_cpu_run_ids_are_unchanged():
+    """The id of a CPU configuration, computed by hand (the smoke profile's Adam), is the committed result file's."""
+    smoke_adam = {"dataset": "digits", "optimizer": "adam", "hparams": {"lr": 0.03}, "seed": 0, "profile": "smoke",
+                  "sizes": [64, 128, 64, 32, 8, 32, 64, 128, 64], "activation": "tanh", "epochs": 10, "batch_size": 100,
+                  "warmup_epochs": 1, "subset": None, "divergence_factor": 10.0, "precision": "fp32", "exits": [],
+                  "device": "cpu"}
+    assert RunConfig(optimizer="adam").run_id == documented_run_id(smoke_adam) == "digits_adam_seed0_95b7fbca8f"
+    assert (config.default_results_dir() / "smoke" / "digits_adam_seed0_95b7fbca8f.json").exists()
+
+
+def test_every_committed_result_file_is_named_by_its_configuration():
+    files = [p for p in config.default_results_dir().glob("*/*.json") if "config" in json.loads(p.read_text())]
+    assert files
+    for path in files:
+        cfg = json.loads(path.read_text())["config"]
+        # files written before revisions were recorded are of revision 1
+        assert path.stem == documented_run_id(cfg) == RunConfig(**{"revision": 1, **cfg}).run_id, path
+
+
+def test_cuda_runs_have_their_own_ids_and_files(tmp_path, monkeypatch):
+    """A CUDA run never finds a CPU run's result or checkpoint (nor the reverse): the kind of device is part of
+    the identity; the device's number is not."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # resolve() accepts "cuda" on this machine
+    cpu = RunConfig(optimizer="locoprop-m", profile="paper", device="cpu", results_dir=str(tmp_path))
+    cuda = dataclasses.replace(cpu, device="cuda")
+    assert cuda.resolve().identity() == {**cpu.resolve().identity(), "device_type": "cuda"}
+    assert cuda.run_id == documented_run_id(dataclasses.asdict(cuda.resolve())) != cpu.run_id
+    assert not set(cuda.paths().values()) & set(cpu.paths().values())
+    assert dataclasses.replace(cuda, device="cuda:1").run_id == cuda.run_id
+    default = dataclasses.replace(cpu, device=None)  # the paper profile: CUDA where there is one
+    assert default.resolve().device == "cuda" and default.run_id == cuda.run_id
 
 
 @pytest.mark.parametrize("change, match", [

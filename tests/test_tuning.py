@@ -9,6 +9,7 @@ import locoprop
 from locoprop.experiments import tuning
 from locoprop.experiments.cli import main
 from locoprop.experiments.config import RunConfig
+from locoprop.experiments.sweep import sweep
 from locoprop.experiments.train import run
 
 
@@ -105,3 +106,79 @@ def test_failed_trials_do_not_win_and_an_all_failed_grid_is_not_extended():
     assert tuning.extension("adam", trials) is None
     trials[0] = Trial(230.0, lr=lrs[0])
     assert tuning.extension("adam", trials) == {"lr": float(f"{lrs[0] ** 2 / lrs[1]:.3g}")}
+
+
+# --------------------------------------------------------------------------- successive halving
+def _smoke_base(tmp_path, **changes):
+    return RunConfig(optimizer="sgd", dataset="digits", profile="smoke", subset=300, results_dir=str(tmp_path), **changes)
+
+
+def _loss_at(path_of, config, epoch):
+    """The train loss of ``config``'s result file at ``epoch``, read from the file itself."""
+    return json.loads(path_of(config).read_text())["records"][epoch]["train_loss"]
+
+
+def test_successive_halving_keeps_the_better_half_at_each_rung_and_trains_no_epoch_twice(tmp_path, monkeypatch):
+    lrs = [0.003, 0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 1.0]
+    monkeypatch.setitem(tuning.GRIDS, "sgd", {"lr": lrs})
+    base = _smoke_base(tmp_path)
+    found = tuning.halving(base, advance=lambda configs, until: sweep(configs, progress=False, until=until))
+    rungs = tuning.RUNGS["smoke"]
+    assert [epoch for epoch, _ in found.rungs] == list(rungs) and [len(t) for _, t in found.rungs] == [8, 4, 2]
+    path_of = lambda c: c.paths()["json"]  # noqa: E731
+    alive = [tuning.halving_trial(base, {"lr": lr}) for lr in lrs]
+    for index, epoch in enumerate(rungs[:-1]):   # the kept half is the best half by the rung's loss, from the files
+        by_loss = sorted(alive, key=lambda c: _loss_at(path_of, c, epoch))
+        alive = by_loss[:len(alive) // 2]
+        assert sorted(found.kept[index], key=lambda h: h["lr"]) == sorted((c.hparams for c in alive), key=lambda h: h["lr"])
+    winner = min(alive, key=lambda c: _loss_at(path_of, c, rungs[-1]))
+    assert found.setting == winner.hparams and found.final.status == "completed"
+    assert found.budget == 8 * rungs[0] + 4 * (rungs[1] - rungs[0]) + 2 * (rungs[2] - rungs[1])
+    # the survivor continued from its checkpoints at the rungs, and its records are an uninterrupted run's
+    assert [r["at_epoch"] for r in found.final.provenance["resumed"]] == list(rungs[:-1])
+    fresh = run(dataclasses.replace(winner, results_dir=str(tmp_path / "fresh")), progress=False)
+    assert [r["train_loss"] for r in fresh.records] == [r["train_loss"] for r in found.final.records]
+    # read back from the files alone, the search is the same; the finals of seed 0 are the survivor
+    again = tuning.halving(base)
+    assert again.complete and again.setting == found.setting and again.budget == found.budget
+    finals = tuning.finals(base, [0, 1])
+    assert finals.search == "halving" and [r.run_id for r in finals.results] == [found.final.run_id]
+
+
+def test_a_finished_run_without_the_exits_stands_for_its_trial(tmp_path, monkeypatch):
+    monkeypatch.setitem(tuning.GRIDS, "sgd", {"lr": [0.01, 0.1]})
+    monkeypatch.setitem(tuning.EXITS, "smoke", ((1, 1e9),))      # exits that never fire: trials get their own ids
+    base = _smoke_base(tmp_path)
+    plain = run(dataclasses.replace(base, hparams={"lr": 0.1}), progress=False)  # a full run without the exits
+    trained = []
+    found = tuning.halving(base, advance=lambda configs, until: trained.extend(c.hparams["lr"] for c in configs)
+                           or sweep(configs, progress=False, until=until))
+    assert 0.1 not in trained and 0.01 in trained
+    assert not tuning.halving_trial(base, {"lr": 0.1}).paths()["json"].exists()
+    at_first = {r.config.hparams["lr"]: r for r in found.rungs[0][1]}
+    assert at_first[0.1].records == plain.records[:tuning.RUNGS["smoke"][0] + 1]
+
+
+def test_a_runs_records_tell_where_the_trial_with_exits_would_have_stopped(tmp_path, monkeypatch):
+    base = _smoke_base(tmp_path, hparams={"lr": 0.1})
+    plain = run(base, progress=False)
+    best_by_2 = min(r["train_loss"] for r in plain.records[1:3])
+    trial = dataclasses.replace(base, exits=((2, best_by_2 - 1e-3),))   # fires at epoch 2, not before
+    seen = tuning.observe(trial, 5)
+    assert seen.status == "abandoned" and seen.diverged_epoch == 2 and seen.records == plain.records[:3]
+    assert tuning.observe(dataclasses.replace(base, exits=((2, best_by_2 + 1e-3),)), 5).status == "stopped"
+
+
+def test_same_total_step_keeps_the_sum_of_the_local_steps():
+    from locoprop.optim.locoprop import step_sum
+
+    base = RunConfig(optimizer="locoprop-m", hparams={"lr": 1e-4, "gamma": 10.0})
+    for T in (1, 2, 5, 20):
+        c = tuning.same_total_step(base, T)
+        assert c.hparams["local_iters"] == T and c.hparams["gamma"] == 10.0
+        # the lr is written with 6 significant digits (a stable run id): relative error at most 5e-6
+        assert c.hparams["lr"] * step_sum(T) == pytest.approx(1e-4 * step_sum(10), rel=5e-6)
+    # step_sum(10) = 1 + .9 + .8 + .7 + .6 + .5 + .4 + .3 + .25 + .25 = 5.7 (the floor 0.25 from j = 8 on)
+    assert tuning.same_total_step(base, 1).hparams["lr"] == pytest.approx(1e-4 * 5.7)
+    with pytest.raises(ValueError, match="LocoProp"):
+        tuning.same_total_step(RunConfig(optimizer="adam"), 2)

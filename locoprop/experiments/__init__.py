@@ -5,5 +5,6 @@ From the bottom up: :mod:`~.provenance` (where a result comes from, atomic write
 result file), :mod:`~.checkpoints`, :mod:`~.tuning` (the searches, read from the result files),
 :mod:`~.bf16_check`, :mod:`~.train` (the training loop), :mod:`~.sweep` (many runs, tuning driven
 to its end), :mod:`~.results` (result files as tables), :mod:`~.claims`, :mod:`~.plotting`,
-:mod:`~.bench`, :mod:`~.reproduce` (notebooks re-executed) and :mod:`~.cli` (``python -m locoprop``).
+:mod:`~.counting` (operations and host reads per step), :mod:`~.bench`, :mod:`~.reproduce` (notebooks
+re-executed) and :mod:`~.cli` (``python -m locoprop``).
 """

@@ -18,19 +18,23 @@ optimizers, each tuned and trained with the full protocol:
    :func:`verdicts` states it for every kind of device it is given results from, and *not
    measured here* for a GPU when no GPU results exist.
 
-A claim whose optimizers are missing from the results is *not measured here*.  A verdict reached
-with only some of a claim's rivals finished ends in *so far*, and its evidence names the rivals not
-run yet.  Fewer than two seeds are reported as such in the evidence.
+A claim whose optimizers are missing from the results is *not measured here*.  Every verdict rests
+on the seeds its evidence counts: one reached with only some of a claim's rivals finished, or
+before every optimizer of the claim has :data:`SEEDS` (3) seeds, ends in *so far*, and its evidence
+names the rivals not run yet and the optimizers short of seeds.  The evidence of the two loss claims
+gives the final test loss too (mean over seeds): the claims are about training, and the test loss
+says whether a lower training loss carries over to images the model was not trained on.
 """
 from __future__ import annotations
 
 import pandas as pd
 
-from ..optim import FIRST_ORDER
+from ..optim import FIRST_ORDER, LABELS
 
-__all__ = ["COMPARABLE", "verdicts"]
+__all__ = ["COMPARABLE", "SEEDS", "verdicts"]
 
 COMPARABLE = 1.1
+SEEDS = 3
 SECOND_ORDER = ("kfac", "shampoo")
 SUBJECT = "locoprop-m"
 
@@ -47,12 +51,26 @@ def _loss(finals: pd.DataFrame, name: str) -> str:
     return f"{values.mean():.1f}{spread}, {_seeds(len(values))}"
 
 
-def _so_far(verdict: str, evidence: str, rivals, have) -> tuple[str, str]:
-    """``verdict`` and ``evidence``, marked as provisional when some of ``rivals`` are not in ``have``."""
+def _so_far(verdict: str, evidence: str, rivals, have, seeds: dict[str, int]) -> tuple[str, str]:
+    """``verdict`` and ``evidence``, marked as provisional when some of ``rivals`` are not in ``have`` or some
+    optimizer of the claim (``seeds``: its number of seeds) has fewer than :data:`SEEDS`."""
     missing = [n for n in rivals if n not in have]
-    if not missing or verdict == _NOT_MEASURED:
+    short = [f"{LABELS[n]} {k} of {SEEDS}" for n, k in seeds.items() if k < SEEDS]
+    if not (missing or short) or verdict == _NOT_MEASURED:
         return verdict, evidence
-    return f"{verdict} so far", f"{evidence}; not run yet: {', '.join(missing)}"
+    return f"{verdict} so far", evidence + "".join(
+        [f"; not run yet: {', '.join(LABELS[n] for n in missing)}" if missing else "", f"; seeds so far: {', '.join(short)}" if short else ""])
+
+
+def _test_loss(finals: pd.DataFrame, names) -> str:
+    if "test_loss" not in finals:
+        return ""
+    means = finals.groupby("optimizer")["test_loss"].mean()
+    return "; final test loss " + ", ".join(f"{LABELS[n]} {means[n]:.1f}" for n in names)
+
+
+def _seed_counts(finals: pd.DataFrame, names) -> dict[str, int]:
+    return {n: int((finals["optimizer"] == n).sum()) for n in names}
 
 
 def _first_order(finals: pd.DataFrame, names) -> tuple[str, str, str]:
@@ -69,8 +87,9 @@ def _first_order(finals: pd.DataFrame, names) -> tuple[str, str, str]:
         verdict = "mixed"
     else:
         verdict = "not supported"
-    evidence = f"LocoProp-M {_loss(finals, SUBJECT)}; best first-order, {best}: {_loss(finals, best)}"
-    return (*_so_far(verdict, evidence, FIRST_ORDER, names), best)
+    evidence = (f"LocoProp-M {_loss(finals, SUBJECT)}; best first-order, {LABELS[best]}: {_loss(finals, best)}"
+                + _test_loss(finals, (SUBJECT, best)))
+    return (*_so_far(verdict, evidence, FIRST_ORDER, names, _seed_counts(finals, (SUBJECT, *rivals))), best)
 
 
 def _second_order(finals: pd.DataFrame, names, floor: float) -> tuple[str, str]:
@@ -82,9 +101,10 @@ def _second_order(finals: pd.DataFrame, names, floor: float) -> tuple[str, str]:
     ratio = (means[SUBJECT] - floor) / (means[best] - floor)
     verdict = "supported" if ratio <= COMPARABLE else "not supported"
     evidence = (f"LocoProp-M {_loss(finals, SUBJECT)}; "
-                + "; ".join(f"{n}: {_loss(finals, n)}" for n in rivals)
-                + f"; excess over the floor {floor:.1f}: {ratio:.2f}× the better one's")
-    return _so_far(verdict, evidence, SECOND_ORDER, names)
+                + "; ".join(f"{LABELS[n]}: {_loss(finals, n)}" for n in rivals)
+                + f"; excess over the floor {floor:.1f}: {ratio:.2f}× the better one's"
+                + _test_loss(finals, (SUBJECT, *rivals)))
+    return _so_far(verdict, evidence, SECOND_ORDER, names, _seed_counts(finals, (SUBJECT, *rivals)))
 
 
 def _wall_clock(reach: pd.DataFrame | None) -> tuple[str, str]:
@@ -106,18 +126,20 @@ def _wall_clock(reach: pd.DataFrame | None) -> tuple[str, str]:
             faster = not pd.isna(own) and all(pd.isna(times[n]) or own < times[n] for n in rivals)
         decides = " (decides)" if not evidence and reach["target"].nunique() > 1 else ""
         evidence.append(f"time to a train loss of {target:.1f}{decides}: "
-                        + ", ".join(f"{n} {fmt(times[n])}" for n in (SUBJECT, *rivals)))
-    return _so_far("supported" if faster else "not supported", "; ".join(evidence), SECOND_ORDER, present)
+                        + ", ".join(f"{LABELS[n]} {fmt(times[n])}" for n in (SUBJECT, *rivals)))
+    seeds = reach.groupby("optimizer")["seeds"].max().astype(int).to_dict() if "seeds" in reach else {}
+    return _so_far("supported" if faster else "not supported", "; ".join(evidence), SECOND_ORDER, present,
+                   {n: seeds[n] for n in (SUBJECT, *rivals) if n in seeds})
 
 
 def verdicts(finals: pd.DataFrame, floor: float, reach: dict[str, pd.DataFrame | None]) -> pd.DataFrame:
     """The claims table: ``claim``, ``evidence`` (numbers from the results), ``verdict``.
 
-    ``finals``: one row per finished full-protocol run with ``optimizer`` (package names) and
-    ``train_loss`` (its final training loss).  ``floor``: the dataset's entropy floor.  ``reach``:
+    ``finals``: one row per finished full-protocol run with ``optimizer`` (package names),
+    ``train_loss`` (its final training loss) and, where known, ``test_loss``.  ``floor``: the dataset's entropy floor.  ``reach``:
     per kind of device (``"GPU"``, ``"CPU"``), the :func:`locoprop.experiments.results.time_to_target` table of the
-    runs on it (package names in ``optimizer``; rows of several targets stacked, told apart by ``target``),
-    or None when there are none; the GPU row is always
+    runs on it (package names in ``optimizer``; rows of several targets stacked, told apart by ``target``;
+    its ``seeds`` column counts the seeds), or None when there are none; the GPU row is always
     present (the paper's claim), the others only when given.
     """
     names = set(finals["optimizer"])

@@ -1,8 +1,9 @@
 """Command line: ``python -m locoprop {run,sweep,tune,results,bench,reproduce} ...`` (``--help`` on each).
 
-Expected errors (bad arguments, missing data, invalid hyper-parameters, conflicting result files)
-exit with status 2 and one line ``locoprop: error: <cause>`` on stderr; an interrupted run exits
-with 130 and is resumed by running the same command again.
+Expected errors (bad arguments, missing data, invalid hyper-parameters, conflicting result files, a
+SLURM job array that cannot be submitted) exit with status 2 and one line ``locoprop: error: <cause>``
+on stderr; SLURM tasks that ended without their result exit with status 1 and one such line; an
+interrupted run exits with 130 and is resumed by running the same command again.
 """
 from __future__ import annotations
 
@@ -10,28 +11,25 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 from typing import Any
+import warnings
 
 import pandas as pd
 
 from ..optim import OPTIMIZERS
 from ..precision import PRECISIONS
-from . import bench, reproduce
-from .config import PROFILES, RunConfig, grid
+from . import bench, executors, reproduce
+from .parsing import Parser
+from .config import PROFILES, RunConfig, default_results_dir, grid
 from .data import DataError
 from .results import frame, load_results, summary
-from .sweep import sweep, tune
+from .sweep import sweep, tune, tune_plan
 from .train import run
-from .tuning import tuned_setting
+from .tuning import TRIAL_HORIZON, same_total_step, tuned_setting
+from .. import __version__
 
 __all__ = ["main", "parse_value"]
-
-
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line on stderr (exit status 2)."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def parse_value(text: str) -> Any:
@@ -73,7 +71,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", choices=("digits", "mnist", "fashion-mnist"),
                    help="default: the profile's (digits for smoke, fashion-mnist for paper)")
     p.add_argument("--profile", choices=tuple(PROFILES), default="smoke",
-                   help="smoke: CPU, digits, 10 epochs of batch 100; paper: 100 epochs of batch 1000 (default: smoke)")
+                   help="smoke: CPU, digits, 10 epochs of batch 100; paper: 100 epochs of batch 1000")
     p.add_argument("--lr", type=float, help="learning rate (default: the profile's DEFAULT_HPARAMS)")
     p.add_argument("--hparam", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
                    help="optimizer hyper-parameter (repeatable), e.g. --hparam damping=0.1; values are JSON")
@@ -85,61 +83,72 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--activation", default="tanh", choices=("tanh", "relu", "sigmoid"))
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: the profile's)")
     p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
-                   help="the dtype of the training matrix products: fp32 (the reference) or bf16 (default: fp32)")
-    p.add_argument("--results-dir", help="default: data/results of the project")
+                   help="the dtype of the training matrix products: fp32 (the reference) or bf16")
+    p.add_argument("--results-dir", help="default: data/results of the checkout the command runs in")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _add_many(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", required=True, action="append", metavar="NAME[,NAME...]",
                    help=f"optimizer(s), comma-separated or repeated; one of {', '.join(OPTIMIZERS)}")
-    p.add_argument("--processes", type=int, default=1, help="local worker processes (default: 1)")
+    executors.add_arguments(p)
 
 
 def _add_search(p: argparse.ArgumentParser) -> None:
     p.add_argument("--search", choices=("halving", "short"), default="halving",
                    help="halving: successive halving on the protocol's own 100-epoch schedule (rungs 10, 25, 50, "
-                        "100; its survivor is the seed-0 final); short: the 5-epoch trials (default: halving)")
+                        "100; its survivor is the seed-0 final); short: the 5-epoch trials")
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m locoprop", description="LocoProp deep-autoencoder benchmark.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = Parser(prog="python -m locoprop", description="LocoProp deep-autoencoder benchmark.",
+                     epilog="example: python -m locoprop run --optimizer locoprop-m --profile smoke")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     p = sub.add_parser("run", help="train one configuration (resumes / skips a finished run)",
-                       description="Train one configuration and write its result files.")
+                       description="Train one configuration and write its result files.",
+                       epilog="example: python -m locoprop run --optimizer adam --lr 0.01 --profile smoke")
     p.add_argument("--optimizer", required=True, choices=OPTIMIZERS)
     p.add_argument("--seed", type=int, default=0)
     _add_common(p)
 
     p = sub.add_parser("sweep", help="train a grid of configurations",
                        description="Train the Cartesian product of optimizers, --grid values and seeds; "
-                                   "finished runs are skipped, diverged runs do not stop the sweep.")
+                                   "finished runs are skipped, diverged runs do not stop the sweep.",
+                       epilog="example: python -m locoprop sweep --optimizer adam,sgd --grid lr=0.01,0.1 --seeds 0,1")
     _add_many(p)
     p.add_argument("--grid", action="append", type=_key_value, default=[], metavar="KEY=V1,V2,...",
                    help="an axis of the grid (repeatable): a hyper-parameter (lr, damping ...) or a run field (epochs ...)")
-    p.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated seeds (default: 0)")
+    p.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated seeds")
     p.add_argument("--tuned", action="store_true",
                    help="start from each optimizer's tuned setting (the winner of its finished search, "
                         "see `tune`); --hparam and --grid values override it")
+    p.add_argument("--same-total-step", action="store_true",
+                   help="with --grid local_iters=...: rescale each LocoProp run's inner lr so that its step sum "
+                        "equals that of 10 local iterations (the official notebook's rule for comparing T)")
     _add_search(p)
     _add_common(p)
 
     p = sub.add_parser("tune", help="run the documented tuning grid of each optimizer, or its finalists",
                        description="Run each optimizer's equal-budget search (locoprop.experiments.tuning: grid, rungs or trial "
                                    "horizon, early exits); with --finalists, then train each best setting (lowest "
-                                   "train loss) with the full protocol, seed by seed (--seeds).")
+                                   "train loss) with the full protocol, seed by seed (--seeds).",
+                       epilog="example: python -m locoprop tune --profile paper --dataset fashion-mnist "
+                              "--optimizer adam --finalists --dry-run")
     _add_many(p)
     _add_search(p)
     p.add_argument("--finalists", action="store_true",
                    help="after all trials, train each optimizer's best setting with the full protocol and --seeds")
-    p.add_argument("--seeds", type=_int_list, default=[0, 1, 2], help="seeds of the finalists (default: 0,1,2)")
+    p.add_argument("--seeds", type=_int_list, default=[0, 1, 2], help="seeds of the finalists")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated time, train nothing")
     _add_common(p)
 
     p = sub.add_parser("results", help="list or summarise result files",
-                       description="List the runs found under the results folder, or summarise them.")
+                       description="List the runs found under the results folder, or summarise them.",
+                       epilog="example: python -m locoprop results --profile smoke --summary")
     p.add_argument("--profile", help="only this profile")
-    p.add_argument("--results-dir", help="default: data/results of the project")
+    p.add_argument("--results-dir", help="default: data/results of the checkout the command runs in")
     p.add_argument("--summary", action="store_true",
                    help="best final train loss per optimizer with its hyper-parameters")
 
@@ -194,11 +203,16 @@ def _optimizer_names(args) -> list[str]:
     return names
 
 
+def _nats(value) -> str:
+    """A loss as the book writes it: nats per image to two decimals ("diverged" for a non-finite one)."""
+    return "not finite" if value is None else f"{value:.2f}"
+
+
 def _report(results) -> None:
     for r in results:
         final = r.final
         print(f"{r.run_id} {r.status:9s} {json.dumps(r.config.hparams, sort_keys=True)} "
-              f"final train loss {final['train_loss']} test loss {final['test_loss']}"
+              f"final train loss {_nats(final['train_loss'])} test loss {_nats(final['test_loss'])}"
               + (" (found finished)" if r.skipped else ""))
     _print_frame(summary(frame(r.payload for r in results)))
 
@@ -216,20 +230,34 @@ def _cmd_sweep(args) -> int:
             if args.tuned:
                 base = dataclasses.replace(base, hparams={**tuned_setting(base, args.search), **base.hparams})
             configs += grid(base, **axes)
-    _report(sweep(configs, processes=args.processes, progress=not args.quiet))
+    if args.same_total_step:
+        configs = [same_total_step(c, c.hparams.get("local_iters", 10)) for c in configs]
+    _report(sweep(configs, progress=not args.quiet, executor=executors.from_arguments(args)))
     return 0
 
 
 def _cmd_tune(args) -> int:
     """Every optimizer's trials first; then, with --finalists, the winners with the full protocol, seed by seed."""
+    if args.search == "short" and args.profile in TRIAL_HORIZON and (args.epochs or args.warmup_epochs) is not None:
+        epochs, warmup = TRIAL_HORIZON[args.profile]
+        raise ValueError(f"--epochs/--warmup-epochs do not apply to the short search's trials on the {args.profile} "
+                         f"profile ({epochs} epochs, {warmup} warm-up, locoprop.experiments.tuning.TRIAL_HORIZON): "
+                         f"leave them out")
     bases = [_base_config(args, name, 0) for name in _optimizer_names(args)]
-    _report(tune(bases, args.seeds if args.finalists else (), processes=args.processes, progress=not args.quiet,
-                 search=args.search))
+    print(tune_plan(bases, args.search, args.seeds if args.finalists else ()))
+    if args.dry_run:
+        return 0
+    _report(tune(bases, args.seeds if args.finalists else (), progress=not args.quiet, search=args.search,
+                 executor=executors.from_arguments(args)))
     return 0
 
 
 def _cmd_results(args) -> int:
-    df = load_results(args.results_dir, args.profile)
+    root = Path(args.results_dir) if args.results_dir is not None else default_results_dir()
+    if not root.is_dir():
+        raise ValueError(f"the results folder {root} " + ("is not a folder" if root.exists() else "does not exist")
+                         + ": pass the folder that holds the profiles' folders (smoke/, paper/) with --results-dir")
+    df = load_results(root, args.profile)
     if args.summary:
         _print_frame(summary(df))
     else:
@@ -244,9 +272,15 @@ def _cmd_bench(argv: list[str]) -> int:
     return 0
 
 
+def _plain_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one plain line on stderr (no category, no source line)."""
+    print(f"locoprop: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m locoprop``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    warnings.showwarning = _plain_warning
     try:
         if argv[:1] == ["bench"]:
             return _cmd_bench(argv[1:])
@@ -257,10 +291,16 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, DataError) as err:
         print(f"locoprop: error: {err}", file=sys.stderr)
         return 2
+    except executors.ClusterError as err:  # tasks of a SLURM job array that ended without their result
+        print(f"locoprop: error: {err}", file=sys.stderr)
+        return 1
     except OSError as err:  # e.g. a results folder that cannot be written
-        print(f"locoprop: error: {err.strerror or err}: {err.filename or ''} (check the path and its permissions)",
-              file=sys.stderr)
+        where = f": {err.filename}" if err.filename else ""
+        print(f"locoprop: error: {err.strerror or err}{where} (check the path, its permissions and the free space "
+              f"on its disk)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("locoprop: interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
+        print("locoprop: interrupted" + ("" if argv[:1] == ["bench"] else
+                                         "; run the same command again to resume from the last checkpoint"),
+              file=sys.stderr)
         return 130

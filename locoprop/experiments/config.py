@@ -35,7 +35,7 @@ import torch
 from ..models import ACTIVATIONS, PAPER_SIZES
 from ..optim import OPTIMIZERS, REVISIONS, default_lr
 from ..precision import PRECISIONS
-from .provenance import PROJECT_ROOT
+from .provenance import checkout
 
 __all__ = ["DEFAULT_HPARAMS", "DEFAULT_SIZES", "PROFILES", "Profile", "RunConfig", "RunConflictError",
            "check_device", "default_results_dir", "grid", "integer", "number"]
@@ -146,6 +146,10 @@ class RunConfig:
             json.dumps(hparams, allow_nan=False)
         except (TypeError, ValueError) as err:
             raise ValueError(f"hyper-parameters must be finite JSON values (numbers, strings, booleans): {err}") from None
+        for key, value in hparams.items():
+            _check_numbers(key, value)
+        if isinstance(hparams["lr"], bool) or not isinstance(hparams["lr"], (int, float)):
+            raise ValueError(f"lr must be a number, got {hparams['lr']!r} (e.g. --lr 1e-3)")
         if self.sizes is not None and len(self.sizes) < 2:
             raise ValueError(f"sizes must list at least the input and output widths, got {list(self.sizes)} "
                              f"(leave them out for the dataset's default)")
@@ -166,6 +170,14 @@ class RunConfig:
             exits=tuple((integer("exits epoch", e, 0), number("exits threshold", t)) for e, t in self.exits),
             revision=REVISIONS[self.optimizer] if self.revision is None else integer("revision", self.revision, 1),
         )
+        if resolved.seed > MAX_SEED:
+            raise ValueError(f"seed must be at most 2**64 - 1 = {MAX_SEED} (the range of torch.manual_seed), "
+                             f"got {_short(resolved.seed)}")
+        parameters = sum(a * b + b for a, b in zip(resolved.sizes, resolved.sizes[1:]))
+        if parameters > MAX_PARAMETERS:
+            raise ValueError(f"sizes {_short(list(resolved.sizes), 60)} give a model of {_magnitude(parameters)} parameters: at most "
+                             f"2**31 = {MAX_PARAMETERS:.3g} are allowed (8 GiB of float32 weights alone, before "
+                             f"gradients and optimizer state); choose smaller widths")
         if not resolved.warmup_epochs < resolved.epochs:
             raise ValueError(f"the warm-up (warmup_epochs={resolved.warmup_epochs}) must be shorter than the run "
                              f"(epochs={resolved.epochs}): lower --warmup-epochs or raise --epochs")
@@ -223,21 +235,55 @@ class RunConfig:
         return {"json": folder / f"{rid}.json", "csv": folder / f"{rid}.csv",
                 "checkpoint": folder / "checkpoints" / f"{rid}.pt", "lock": folder / "checkpoints" / f"{rid}.lock"}
 
+#: The largest seed: torch.manual_seed takes seeds below 2**64.
+MAX_SEED = 2 ** 64 - 1
+#: The most parameters a model may have: 2**31, 8 GiB of float32 weights alone (a run needs several
+#: times that with gradients and optimizer state); the paper's autoencoder has 2.8 million.
+MAX_PARAMETERS = 2 ** 31
+
+def _short(value: Any, width: int = 24) -> str:
+    text = str(value)
+    return text if len(text) <= width else f"{text[:width]}... ({len(text)} characters)"
+
+def _finite(x: int | float) -> bool:
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an int beyond the floats
+        return False
+
+def _magnitude(n: int) -> str:
+    return f"{n:.3g}" if n < 10 ** 300 else f"about 1e{len(str(n)) - 1}"
+
+def _check_numbers(name: str, value: Any) -> None:
+    """A ``ValueError`` unless every number in the hyper-parameter ``value`` is a finite float and
+    every whole number fits in 64 bits (what the optimizers and torch can take)."""
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            _check_numbers(name, item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_numbers(f"{name}.{key}", item)
+    elif isinstance(value, int) and not isinstance(value, bool) and not -2 ** 63 <= value < 2 ** 63:
+        raise ValueError(f"hyper-parameter {name} = {_short(value)} is out of range: whole numbers must fit in 64 "
+                         f"bits and numbers must be finite floats (below 1.8e308)")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"hyper-parameter {name} = {value} must be a finite number")
+
 def default_results_dir() -> Path:
-    """``data/results`` under the project root."""
-    return PROJECT_ROOT / "data" / "results"
+    """``data/results`` of the checkout the command runs in (:func:`~locoprop.experiments.provenance.checkout`)."""
+    return checkout() / "data" / "results"
 
 def integer(name: str, value: Any, minimum: int) -> int:
     """``value`` as an int >= ``minimum``; a fraction, a boolean or a string is refused, not truncated."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or \
-            not float(value).is_integer() or value < minimum:
+            not (isinstance(value, int) or float(value).is_integer()) or value < minimum:
         raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
     return int(value)
 
 def number(name: str, value: Any) -> float:
     """``value`` as a finite float (booleans and strings refused)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
+        raise ValueError(f"{name} must be a finite number, got {_short(value)}")
     return float(value)
 
 def check_device(name: str) -> str:

@@ -13,16 +13,22 @@ reconstructs its input).
   3. the download cache ``data/cache/`` of the project,
 
   and, when absent everywhere, downloaded (with a progress bar, trying the public mirrors in turn)
-  into the cache.  A file that is found is verified before use: by the SHA-256 of its
-  **decompressed** IDX payload (independent of how the gzip was compressed), except for the MNIST
-  train images, for which only the MD5 of the canonical gzip file is pinned.  A file that fails
-  verification is never used, moved, overwritten or deleted: the error says what to do.
+  into the cache.  ``LOCOPROP_DATA_DIR``, when set, must be a folder.  A file that is found is
+  verified before use: by the SHA-256 of its **decompressed** IDX payload (independent of how the
+  gzip was compressed), except for the MNIST train images, for which only the MD5 of the canonical
+  gzip file is pinned.  It is decompressed as a stream: the shape its IDX header declares is
+  compared with the expected one before the data are read, and no more than that many bytes are
+  ever inflated.  A file that fails verification is never used, moved, overwritten or deleted: the
+  error says what to do.  A file verified once is not hashed again by the same process while its
+  size, modification time and inode stay the same (:func:`shape` checks the files of a run before
+  it trains, :func:`load` reads them then).
 * ``"digits"``: scikit-learn's bundled 8 x 8 handwritten digits (1,797 images, 64 pixels, grey
   levels 0..16), pixels / 16.  No file and no network is needed.  The split is fixed and
   deterministic: the **first 1,500 images are "train", the remaining 297 are "test"**.
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import logging
@@ -47,6 +53,7 @@ __all__ = [
     "parse_idx",
     "read_idx",
     "search_dirs",
+    "shape",
     "verify_file",
 ]
 
@@ -120,23 +127,57 @@ _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 
 
 
 # --------------------------------------------------------------------------- IDX format
-def _read(path: Path) -> bytes:
+_CHUNK = 1 << 20
+
+
+def _payload(path: Path, expected: tuple[int, ...] | None = None) -> bytes:
+    """The IDX bytes of ``path`` (gunzipped, as a stream, when it starts with the gzip magic bytes).
+
+    The header is read first: with ``expected``, a declared shape other than that is refused before
+    any data is read; then exactly the declared number of bytes is read, and more data is an error.
+    """
+    path = Path(path)
     try:
-        return path.read_bytes()
+        with path.open("rb") as handle:
+            packed = handle.read(2) == b"\x1f\x8b"
+    except OSError as err:
+        raise DataError(f"cannot read {path} ({err.strerror or err}); check its permissions or replace it") from None
+    try:
+        with (gzip.open(path, "rb") if packed else path.open("rb")) as stream:
+            return _read_stream(stream, str(path), expected)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise DataError(f"{path}: not a readable gzip file ({type(err).__name__}: {err}); "
+                        f"replace it with an intact copy, or remove it to download it again") from None
     except OSError as err:
         raise DataError(f"cannot read {path} ({err.strerror or err}); check its permissions or replace it") from None
 
 
-def _payload(path: Path) -> bytes:
-    """The IDX bytes of ``path``: gunzipped when the file starts with the gzip magic bytes."""
-    raw = _read(Path(path))
-    if raw[:2] != b"\x1f\x8b":
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
-        raise DataError(f"{path}: not a readable gzip file ({type(err).__name__}: {err}); "
-                        f"replace it with an intact copy, or delete it to download it again") from None
+def _read_stream(stream, source: str, expected: tuple[int, ...] | None) -> bytes:
+    """IDX bytes from a binary stream, reading no more than the header declares (see :func:`_payload`)."""
+    head = stream.read(4)
+    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES:
+        return parse_idx(head, source)  # raises the error of a wrong magic number
+    sizes = stream.read(4 * head[3])
+    if len(sizes) < 4 * head[3]:
+        return parse_idx(head + sizes, source)  # raises the error of a truncated header
+    shape = tuple(int(d) for d in np.frombuffer(sizes, ">u4"))
+    if expected is not None and shape != tuple(expected):
+        raise DataError(f"{source}: its IDX header declares shape {shape}, expected {tuple(expected)}; it is not the "
+                        f"file it is named as: replace it with an intact copy")
+    size = int(np.prod(shape, dtype=object)) * np.dtype(_IDX_DTYPES[head[2]]).itemsize
+    body = bytearray()
+    while len(body) < size:
+        chunk = stream.read(min(_CHUNK, size - len(body)))
+        if not chunk:
+            break
+        body += chunk
+    if len(body) == size and stream.read(1):
+        raise DataError(f"{source}: it holds more data than its IDX header declares (shape {shape}, {size} data "
+                        f"bytes); the file is corrupt or not what it is named: replace it with an intact copy")
+    payload = head + sizes + bytes(body)
+    if len(body) < size:
+        parse_idx(payload, source)  # raises the error of a truncated file
+    return payload
 
 
 def parse_idx(payload: bytes, source: str = "<bytes>") -> np.ndarray:
@@ -164,9 +205,12 @@ def parse_idx(payload: bytes, source: str = "<bytes>") -> np.ndarray:
     return np.frombuffer(payload, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an IDX file (gzip-compressed or not) into a native-endian numpy array."""
-    return parse_idx(_payload(Path(path)), str(path))
+def read_idx(path: str | os.PathLike, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Read an IDX file (gzip-compressed or not) into a native-endian numpy array.
+
+    ``shape``: the shape the file must declare (checked before its data are read).
+    """
+    return parse_idx(_payload(Path(path), shape), str(path))
 
 
 # --------------------------------------------------------------------------- locating and verifying
@@ -179,7 +223,11 @@ def search_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
     """The roots searched, in order: ``data_dir``, ``$LOCOPROP_DATA_DIR``, the cache."""
     roots = [Path(data_dir)] if data_dir is not None else []
     if os.environ.get(ENV_VAR):
-        roots.append(Path(os.environ[ENV_VAR]))
+        folder = Path(os.environ[ENV_VAR]).expanduser()
+        if not folder.is_dir():
+            raise DataError(f"{ENV_VAR}={os.environ[ENV_VAR]} is {'a file' if folder.exists() else 'missing'}, not a "
+                            f"folder: point it at a folder holding <dataset>/<file>.gz (e.g. fashion-mnist/), or unset it")
+        roots.append(folder)
     roots.append(cache_dir())
     return [r.expanduser() for r in roots]
 
@@ -198,15 +246,47 @@ def verify_file(path: Path, spec: FileSpec) -> bytes:
     A mismatch raises :class:`DataError` (expected vs actual); the file is left untouched.
     """
     if spec.sha256 is None:
-        actual = hashlib.md5(_read(path)).hexdigest()
+        actual = _file_md5(path)
         if actual != spec.gzip_md5:
             raise _checksum_error(path, "MD5 of the gzip file", spec.gzip_md5, actual)
-        return _payload(path)
-    payload = _payload(path)
-    actual = hashlib.sha256(payload).hexdigest()
-    if actual != spec.sha256:
-        raise _checksum_error(path, "SHA-256 of the decompressed IDX payload", spec.sha256, actual)
+        payload = _payload(path, spec.shape)
+    else:
+        payload = _payload(path, spec.shape)
+        actual = hashlib.sha256(payload).hexdigest()
+        if actual != spec.sha256:
+            raise _checksum_error(path, "SHA-256 of the decompressed IDX payload", spec.sha256, actual)
+    _verified.add(_state(path, spec))
     return payload
+
+
+#: Files this process has verified, by :func:`_state`.
+_verified: set[tuple] = set()
+
+
+def _state(path: Path, spec: FileSpec) -> tuple:
+    """What identifies a verified file: where it is, its size, modification time and inode, and what it was checked against."""
+    st = Path(path).stat()
+    return (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino, spec)
+
+
+def _file_md5(path: Path) -> str:
+    digest = hashlib.md5()
+    try:
+        with Path(path).open("rb") as handle:
+            for chunk in iter(lambda: handle.read(_CHUNK), b""):
+                digest.update(chunk)
+    except OSError as err:
+        raise DataError(f"cannot read {path} ({err.strerror or err}); check its permissions or replace it") from None
+    return digest.hexdigest()
+
+
+def _verified_payload(path: Path, spec: FileSpec) -> bytes:
+    """The payload of ``path``, verified (unless this process verified the same file already)."""
+    try:
+        known = _state(path, spec) in _verified
+    except OSError:
+        known = False
+    return _payload(path, spec.shape) if known else verify_file(path, spec)
 
 
 def _checksum_error(path: Path, what: str, expected: str | None, actual: str) -> DataError:
@@ -256,7 +336,7 @@ def _download(name: str, spec: FileSpec, data_dir=None) -> Path:
                                downloader=_downloader(url))
                 verify_file(partial, spec)
             except Exception as err:  # network errors, HTTP errors, checksum mismatch: next mirror
-                failures.append(f"{url}: {str(err)[:200]}")
+                failures.append(f"{url}: {(str(err).strip().splitlines() or [type(err).__name__])[0][:200]}")
                 continue
             final = target_dir / spec.filename
             try:
@@ -279,6 +359,47 @@ def _missing_message(name: str, spec: FileSpec, data_dir, reason: str) -> str:
 
 
 # --------------------------------------------------------------------------- the loader
+def _locate(name: str, split: str, data_dir=None, download: bool = True) -> tuple[Path, FileSpec]:
+    """The file of ``name``/``split`` (downloaded into the cache when absent and ``download``) and its spec."""
+    spec = DATASETS[name][split]
+    path = find_file(name, spec, data_dir)
+    if path is None:
+        if not download:
+            raise DataError(_missing_message(name, spec, data_dir, "downloading is disabled"))
+        path = _download(name, spec, data_dir)
+    return path, spec
+
+
+def _check_arguments(name: str, split: str) -> None:
+    if name not in NAMES:
+        raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(NAMES)}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: choose 'train' or 'test'")
+
+
+def shape(name: str, split: str = "train", *, data_dir: str | os.PathLike | None = None,
+          download: bool = True) -> tuple[int, int]:
+    """``(images, pixels)`` of ``split`` of dataset ``name``, its file found (or downloaded) and verified as
+    :func:`load` does, without making a tensor; raises what :func:`load` would."""
+    _check_arguments(name, split)
+    if name == "digits":
+        return _digits_shape(split)
+    path, spec = _locate(name, split, data_dir, download)
+    try:
+        known = _state(path, spec) in _verified
+    except OSError:
+        known = False
+    if not known:
+        verify_file(path, spec)
+    n, *rest = spec.shape
+    return n, int(np.prod(rest))
+
+
+@functools.lru_cache(maxsize=None)
+def _digits_shape(split: str) -> tuple[int, int]:
+    return tuple(_digits(split).shape)
+
+
 def _digits(split: str) -> np.ndarray:
     from sklearn.datasets import load_digits
 
@@ -302,20 +423,12 @@ def load(
     a download.  Raises :class:`DataError` for missing, corrupt or mismatching files and
     ``ValueError`` for bad arguments.
     """
-    if name not in NAMES:
-        raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(NAMES)}")
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}: choose 'train' or 'test'")
+    _check_arguments(name, split)
     if name == "digits":
         array = _digits(split)
     else:
-        spec = DATASETS[name][split]
-        path = find_file(name, spec, data_dir)
-        if path is None:
-            if not download:
-                raise DataError(_missing_message(name, spec, data_dir, "downloading is disabled"))
-            path = _download(name, spec, data_dir)
-        array = parse_idx(verify_file(path, spec), str(path))
+        path, spec = _locate(name, split, data_dir, download)
+        array = parse_idx(_verified_payload(path, spec), str(path))
         if array.shape != spec.shape or array.dtype != np.uint8:
             raise DataError(f"{path}: expected uint8 images of shape {spec.shape}, got {array.dtype} {array.shape}")
         array = array.reshape(array.shape[0], -1)

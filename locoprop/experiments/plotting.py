@@ -4,12 +4,9 @@ from __future__ import annotations
 import matplotlib.ticker as mticker
 import seaborn as sns
 
-__all__ = ["LABELS", "PALETTE", "cut_loss_axis", "log_loss_axis", "log_x_axis"]
+from ..optim import LABELS  # the display names, re-exported for the notebooks
 
-#: Display name of every optimizer of :data:`locoprop.OPTIMIZERS`.
-LABELS = {"sgd": "SGD", "momentum": "Momentum", "nesterov": "Nesterov", "adagrad": "AdaGrad",
-          "rmsprop": "RMSProp", "adam": "Adam", "shampoo": "Shampoo", "kfac": "K-FAC",
-          "locoprop-s": "LocoProp-S", "locoprop-m": "LocoProp-M"}
+__all__ = ["LABELS", "PALETTE", "cut_loss_axis", "log_loss_axis", "log_x_axis"]
 
 #: One colour per optimizer display name, the same in every figure.
 PALETTE = dict(zip(LABELS.values(), sns.color_palette("tab10", len(LABELS))))

@@ -1,12 +1,17 @@
-"""Where a result comes from: git commit, package versions, device, time; and atomic file writes.
+"""Where a result comes from: git commit, package versions, device, time; atomic file writes; the checkout.
 
 Every result file of the project (runs, benchmarks) carries :func:`provenance`, and is written
 with :func:`atomic_write` so that an interrupted write never leaves a half-written file behind.
+
+:data:`PROJECT_ROOT` is the checkout the package was imported from; :func:`checkout` is the
+checkout a command runs in (found from the current folder), whose ``data/results`` and
+``notebooks`` the harness uses by default, whichever checkout an editable install points at.
 """
 from __future__ import annotations
 
 import os
 import platform
+import re
 import subprocess
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -16,20 +21,61 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["PROJECT_ROOT", "atomic_write", "atomic_write_text", "git_state", "cpu_model", "device_name", "now",
+__all__ = ["PROJECT_NAME", "PROJECT_ROOT", "atomic_write", "checkout", "atomic_write_text", "git_state", "cpu_model", "device_name", "now",
            "provenance"]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+#: The distribution name in this project's ``pyproject.toml``: how :func:`checkout` recognises a checkout.
+PROJECT_NAME = "locoprop-companion"
+
+
+def checkout(start: str | os.PathLike | None = None) -> Path:
+    """The checkout of this project holding ``start`` (default: the current folder), else :data:`PROJECT_ROOT`.
+
+    A checkout is the nearest folder, from ``start`` upwards, with a ``notebooks/`` folder and a
+    ``pyproject.toml`` whose ``[project]`` name is :data:`PROJECT_NAME`.
+    """
+    try:
+        here = Path(start if start is not None else os.getcwd()).resolve()
+    except OSError:  # the current folder was removed
+        return PROJECT_ROOT
+    for folder in (here, *here.parents):
+        if (folder / "notebooks").is_dir() and _project_name(folder / "pyproject.toml") == PROJECT_NAME:
+            return folder
+    return PROJECT_ROOT
+
+
+def _project_name(path: Path) -> str | None:
+    """The ``[project]`` name of a ``pyproject.toml`` (None if it has none or cannot be read)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: the one line that matters
+        found = re.search(r'^\[project\][^\[]*?^name\s*=\s*"([^"]*)"', text, re.MULTILINE | re.DOTALL)
+        return found.group(1) if found else None
+    try:
+        project = tomllib.loads(text).get("project", {})
+    except tomllib.TOMLDecodeError:
+        return None
+    return project.get("name") if isinstance(project, dict) else None
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
-    """Write ``path`` through a temporary file in the same folder and ``os.replace``."""
+    """Write ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    An ``OSError`` (a full disk, a folder that cannot be written) names ``path``.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         os.replace(tmp, path)
+    except OSError as err:
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
     finally:
         tmp.unlink(missing_ok=True)
 

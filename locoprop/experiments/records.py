@@ -29,11 +29,13 @@ import pandas as pd
 from .config import RunConfig, RunConflictError
 from .provenance import atomic_write
 
-__all__ = ["FINISHED", "RECORD_COLUMNS", "RunResult", "exit_epoch", "find_result", "stored", "write_result"]
+__all__ = ["FINISHED", "RECORD_COLUMNS", "STATUSES", "RunResult", "exit_epoch", "find_result", "payload_problem",
+           "read_result_file", "stored", "write_result"]
 
 
 #: Statuses of a run that has ended; ``stopped`` (trained up to a budget, to be continued) is not one.
 FINISHED = ("completed", "diverged", "abandoned")
+STATUSES = (*FINISHED, "stopped")
 
 RECORD_COLUMNS = (
     "epoch", "train_loss", "test_loss", "train_squared_error", "test_squared_error", "epoch_time", "train_time", "lr",
@@ -79,6 +81,10 @@ class RunResult:
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any], path: Path, skipped: bool = True) -> RunResult:
+        """The result a file's JSON document holds (:class:`RunConflictError` naming ``path`` if it is not one)."""
+        problem = payload_problem(payload)
+        if problem is not None:
+            raise RunConflictError(_invalid(path, problem))
         known = {f.name for f in dataclasses.fields(RunConfig)}
         config = {k: v for k, v in payload["config"].items() if k in known}
         config["sizes"] = tuple(config["sizes"])
@@ -100,11 +106,62 @@ def stored(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``records`` as a result file holds them: a non-finite number becomes None (JSON's null)."""
     return [{k: (_finite(v) if isinstance(v, float) else v) for k, v in r.items()} for r in records]
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+def payload_problem(doc: Any) -> str | None:
+    """What keeps ``doc`` (a parsed JSON document) from being a result file's, or None if nothing does."""
+    if not isinstance(doc, dict):
+        return f"it holds a JSON {type(doc).__name__}, not an object"
+    kinds = {"run_id": str, "status": str, "config": dict, "provenance": dict, "records": list}
+    for key, kind in kinds.items():
+        if key not in doc:
+            return f"it has no {key!r}"
+        if not isinstance(doc[key], kind):
+            return f"its {key!r} is {json.dumps(doc[key])[:40]}, not a JSON {'object' if kind is dict else kind.__name__}"
+    if doc["status"] not in STATUSES:
+        return f"its status {doc['status']!r} is none of {', '.join(STATUSES)}"
+    if doc.get("diverged_epoch") is not None and not _is_int(doc["diverged_epoch"]):
+        return f"its diverged_epoch {doc['diverged_epoch']!r} is not a whole number or null"
+    cfg = doc["config"]
+    for key in ("optimizer", "dataset", "profile"):
+        if not isinstance(cfg.get(key), str):
+            return f"its config.{key} is {json.dumps(cfg.get(key))[:40]}, not a string"
+    if not _is_int(cfg.get("seed")):
+        return f"its config.seed is {json.dumps(cfg.get('seed'))[:40]}, not a whole number"
+    if not isinstance(cfg.get("hparams"), dict):
+        return f"its config.hparams is {json.dumps(cfg.get('hparams'))[:40]}, not an object"
+    sizes = cfg.get("sizes")
+    if not (isinstance(sizes, list) and len(sizes) >= 2 and all(_is_int(s) and s >= 1 for s in sizes)):
+        return f"its config.sizes is {json.dumps(sizes)[:40]}, not a list of at least two widths"
+    if not doc["records"]:
+        return "its records are empty (epoch 0 is always recorded)"
+    for i, record in enumerate(doc["records"]):
+        if not isinstance(record, dict) or not _is_int(record.get("epoch")):
+            return f"its record {i} is not an object with a whole-number epoch"
+        bad = [k for k in RECORD_COLUMNS[1:] if k in record and record[k] is not None and not _is_number(record[k])]
+        if bad:
+            return f"its record {i} has {bad[0]} {json.dumps(record[bad[0]])[:40]}, not a number or null"
+    return None
+
+def _invalid(path: Path, problem: str) -> str:
+    return (f"{path} is not a valid result file: {problem}; it was left as it is: restore it (e.g. from git), or move "
+            f"it away to train that configuration again")
+
+def read_result_file(path: Path, error: type[Exception] = RunConflictError) -> dict[str, Any]:
+    """The JSON document of the result file ``path``, checked by :func:`payload_problem` (``error`` if it is not one)."""
     try:
-        return json.loads(path.read_text())
+        doc = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise RunConflictError(f"cannot read the result file {path} ({err}); move it away to run again") from None
+        raise error(f"cannot read the result file {path} ({type(err).__name__}: {err}); it was left as it is: "
+                    f"restore it (e.g. from git), or move it away to train that configuration again") from None
+    problem = payload_problem(doc)
+    if problem is not None:
+        raise error(_invalid(path, problem))
+    return doc
 
 def find_result(config: RunConfig, stopped: bool = False) -> RunResult | None:
     """The finished result of ``config`` on disk, or None; with ``stopped``, also a run stopped at a budget.
@@ -115,7 +172,7 @@ def find_result(config: RunConfig, stopped: bool = False) -> RunResult | None:
     path = cfg.paths()["json"]
     if not path.exists():
         return None
-    payload = _read_json(path)
+    payload = read_result_file(path)
     stored = RunResult.from_payload(payload, path).config
     if stored.identity() != cfg.identity():
         raise RunConflictError(

@@ -1,13 +1,19 @@
 """Execute the companion's notebooks with papermill.
 
 ``python -m locoprop reproduce --profile smoke|paper [--dataset D] [--device cpu|cuda]
-[--notebook NAME] [--reuse]``
+[--notebook NAME] [--reuse] [--executor slurm --partition P ...]``
 
 For each notebook ``notebooks/NAME.py`` (jupytext ``py:percent``), in order, the driver reads the
 text notebook, injects the parameters (``profile``, ``dataset``, ``device``) after its
 ``parameters`` cell and executes it with papermill in ``notebooks/``, writing the executed
 ``notebooks/NAME.ipynb`` next to it.  Experiments the notebooks run write their result files
 under ``data/results/<profile>/``; a notebook that finds them loads them instead of training.
+The notebooks are those of the checkout the command runs in (:func:`repo_root`, found from the
+current folder), executed with that checkout's ``locoprop`` package.
+Where they train is the ``executor`` parameter (None: locally; with ``--executor slurm``, the
+JSON-able dict of :meth:`locoprop.experiments.executors.Slurm.parameter`), which a notebook hands to
+``sweep``/``tune``.  It is not one of the recorded parameters: a run's results do not depend on
+where it trained.
 
 The executed notebook records, in ``metadata.locoprop``, the SHA-256 of the ``.py`` source and
 the parameters it ran with, and, for the notebooks that draw stored results (03, 04), a digest of
@@ -18,7 +24,6 @@ executed notebooks, and adding result files (e.g. paper-scale runs) re-executes 
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -26,8 +31,10 @@ import sys
 import time
 from pathlib import Path
 
+from . import executors
 from .config import check_device
-from .provenance import PROJECT_ROOT
+from .parsing import Parser
+from .provenance import atomic_write, checkout
 from .data import NAMES
 
 __all__ = [
@@ -47,6 +54,9 @@ __all__ = [
 NOTEBOOKS = ("01_local_losses", "02_preconditioning", "03_benchmark", "04_ablations")
 #: Notebooks whose outputs depend on the result files under data/results/.
 READS_RESULTS = ("03_benchmark", "04_ablations")
+#: Figures of the book that a notebook glues (name -> path under the repository root), written by
+#: :func:`execute` from the executed notebook once it has succeeded, never by the notebook itself.
+FIGURES = {"03_benchmark": {"headline_figure": "book/figures/headline.png"}}
 PROFILES = ("smoke", "paper")
 # MNIST train images cannot be shipped, so the paper profile defaults to Fashion-MNIST;
 # ``--dataset mnist`` works wherever the MNIST files are available.
@@ -55,8 +65,9 @@ METADATA_KEY = "locoprop"
 
 
 def repo_root() -> Path:
-    """The repository root: the folder that holds ``notebooks/`` and ``locoprop/``."""
-    return PROJECT_ROOT
+    """The checkout the command runs in (:func:`~locoprop.experiments.provenance.checkout`): its ``notebooks/``
+    are executed, with its ``locoprop`` package first on the kernel's ``PYTHONPATH``."""
+    return checkout()
 
 
 def default_device(profile: str) -> str:
@@ -83,6 +94,15 @@ def notebook_parameters(profile: str, dataset: str | None = None, device: str | 
         if not torch.cuda.is_available():
             raise ValueError(f"device {device!r} requested but CUDA is not available: use --device cpu")
     return {"profile": profile, "dataset": dataset, "device": device}
+
+
+def check_parameters(profile: str, dataset: str | None = None, device: str | None = None, seeds=(0,), **_) -> None:
+    """A notebook's first check of the parameters papermill gave it (``ValueError`` naming the bad one), so that
+    a mistyped parameter stops the notebook before it computes, trains or shows anything."""
+    notebook_parameters(profile, dataset, device)
+    if not isinstance(seeds, (list, tuple)) or not seeds or \
+            not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        raise ValueError(f"seeds must be a non-empty list of whole numbers >= 0, got {seeds!r}")
 
 
 def kernel_environment(root: Path) -> dict[str, str]:
@@ -161,7 +181,22 @@ def _finish(executed: Path, name: str, root: Path) -> None:
     papermill_md.pop("environment_variables", None)
     if name in READS_RESULTS:
         nb.metadata[METADATA_KEY]["results_sha256"] = results_digest(root)
+    for index, cell in enumerate(nb.cells):  # ids from the position and the source: the same on every execution
+        cell["id"] = f"c{index:03d}-" + hashlib.sha256(cell.source.encode()).hexdigest()[:8]
     nbformat.write(nb, executed)
+
+
+def _without_timing(path: Path) -> dict | None:
+    """The notebook at ``path`` as JSON with the times of its execution removed (None if there is none)."""
+    if not path.exists():
+        return None
+    doc = json.loads(path.read_text())
+    for key in ("start_time", "end_time", "duration"):
+        doc.get("metadata", {}).get("papermill", {}).pop(key, None)
+        for cell in doc.get("cells", []):
+            cell.get("metadata", {}).get("papermill", {}).pop(key, None)
+            cell.get("metadata", {}).get("execution", {}).clear()
+    return doc
 
 
 def execute(
@@ -170,8 +205,9 @@ def execute(
     root: Path | None = None,
     kernel_name: str = "python3",
     progress_bar: bool = False,
+    executor: dict | None = None,
 ) -> Path:
-    """Execute ``notebooks/NAME.py`` with ``parameters``; return the executed ``.ipynb`` path."""
+    """Execute ``notebooks/NAME.py`` with ``parameters`` (and ``executor``, not recorded); return the executed ``.ipynb`` path."""
     import jupytext
     import papermill
 
@@ -197,10 +233,12 @@ def execute(
         papermill.execute_notebook(
             nb,
             str(partial),
-            parameters=dict(parameters),
+            parameters={**parameters, "executor": executor},
             kernel_name=kernel_name,
             cwd=str(source.parent),
             progress_bar=progress_bar,
+            # the kernel is a local child process: keep its log (the TCP transport's warning) off the terminal
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
         )
     except BaseException:
         if partial.exists():
@@ -210,13 +248,44 @@ def execute(
         os.environ.clear()
         os.environ.update(saved_env)
     _finish(partial, name, root)
-    os.replace(partial, executed)
+    if _without_timing(partial) == _without_timing(executed):
+        partial.unlink()  # the same outputs: the notebook and the times of the execution that made them stay
+    else:
+        os.replace(partial, executed)
     failed.unlink(missing_ok=True)
+    write_figures(name, root)
     return executed
 
 
+def write_figures(name: str, root: Path) -> list[Path]:
+    """Write the book's figures that the executed notebook ``name`` glued (:data:`FIGURES`); a figure the notebook
+    did not glue is a ``ValueError`` and leaves the committed file as it is."""
+    import base64
+
+    wanted = FIGURES.get(name, {})
+    if not wanted:
+        return []
+    _, executed = _notebook_paths(name, root)
+    found = {}
+    for cell in json.loads(executed.read_text())["cells"]:
+        for output in cell.get("outputs", []):
+            key = output.get("metadata", {}).get("scrapbook", {}).get("name")
+            png = [v for mime, v in output.get("data", {}).items() if mime.endswith("image/png")]  # glue may prefix
+            if key in wanted and png:
+                found[key] = base64.b64decode(png[0] if isinstance(png[0], str) else "".join(png[0]))
+    missing = sorted(set(wanted) - set(found))
+    if missing:
+        raise ValueError(f"{executed} glues no image {', '.join(missing)}: its figure files were left as they were")
+    paths = []
+    for key, relative in wanted.items():
+        path = Path(root) / relative
+        atomic_write(path, lambda tmp, blob=found[key]: tmp.write_bytes(blob))
+        paths.append(path)
+    return paths
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m locoprop reproduce",
         description="Execute the companion's notebooks with papermill (notebooks/NAME.py -> NAME.ipynb).",
     )
@@ -230,10 +299,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only this notebook (e.g. 03_benchmark or 03); may be repeated")
     parser.add_argument("--reuse", action="store_true",
                         help="skip notebooks already executed from the same source with the same parameters")
+    executors.add_arguments(parser, processes=False)
     args = parser.parse_args(argv)
 
     try:
         parameters = notebook_parameters(args.profile, args.dataset, args.device)
+        executor = executors.from_arguments(args).parameter()
     except ValueError as err:
         parser.error(str(err))
     names = list(NOTEBOOKS)
@@ -247,14 +318,14 @@ def main(argv: list[str] | None = None) -> int:
             names += [n for n in matches if n not in names]
 
     root = repo_root()
-    print(f"parameters: {json.dumps(parameters)}", flush=True)
+    print(f"parameters: {json.dumps(parameters)}" + (f"; executor: {json.dumps(executor)}" if executor else ""), flush=True)
     executed: list[str] = []
 
     def run_one(name: str) -> bool:
         start = time.perf_counter()
         print(f"{name}: executing ...", flush=True)
         try:
-            out = execute(name, parameters, root)
+            out = execute(name, parameters, root, executor=executor)
         except Exception as exc:
             print(f"{name}: FAILED after {time.perf_counter() - start:.1f} s (the executed notebook was kept as "
                   f"notebooks/{name}.failed.ipynb; notebooks/{name}.ipynb is unchanged): {exc}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """Result files as tables: one row per run and epoch, and a per-optimizer summary.
 
 The runner writes ``<results_dir>/<profile>/<run_id>.json`` (see :mod:`locoprop.experiments.records`);
-:func:`load_results` reads them into a ``pandas.DataFrame`` with the columns :data:`COLUMNS`,
+:func:`load_results` reads them (the JSON files of the profiles' folders only: ``bench/`` and any
+other folder are not run files) into a ``pandas.DataFrame`` with the columns :data:`COLUMNS`,
 and :func:`summary` picks, per (profile, dataset, optimizer, precision, horizon), the
 hyper-parameters with the best final train loss (averaged over seeds): runs of different precision
 or length are never ranked against each other.
@@ -15,9 +16,10 @@ from typing import Any
 
 import pandas as pd
 
-from .config import default_results_dir
+from .config import PROFILES, default_results_dir
+from .records import read_result_file
 
-__all__ = ["COLUMNS", "SETTING_KEY", "ResultsError", "frame", "load_results", "load_runs", "summary", "time_to_target"]
+__all__ = ["COLUMNS", "bench_report", "SETTING_KEY", "ResultsError", "frame", "load_results", "load_runs", "summary", "time_to_target"]
 
 RUN_COLUMNS = ("run_id", "profile", "dataset", "optimizer", "seed", "hparams", "status", "diverged_epoch",
                "device", "git_commit", "precision", "horizon")
@@ -53,23 +55,22 @@ def frame(payloads: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text())
-        for key in ("run_id", "status", "config", "provenance", "records"):
-            doc[key]  # noqa: B018 -- presence check
-        return doc
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ResultsError(f"corrupt result file {path}: {type(err).__name__}: {err}; "
-                           f"move it away or delete it and rerun that configuration") from None
+    return read_result_file(path, ResultsError)
 
 
 def load_results(results_dir: str | Path | None = None, profile: str | None = None) -> pd.DataFrame:
     """All results under ``results_dir`` (default ``data/results``), of one ``profile`` or all of them.
 
-    Returns an empty frame with :data:`COLUMNS` when there are none.
+    Returns an empty frame with :data:`COLUMNS` when there are none (or no ``results_dir``); an
+    unknown ``profile`` or a ``results_dir`` that is a file raises :class:`ResultsError`.
     """
     root = Path(results_dir) if results_dir is not None else default_results_dir()
-    folders = [root / profile] if profile is not None else sorted(p for p in root.glob("*") if p.is_dir())
+    if profile is not None and profile not in PROFILES:
+        raise ResultsError(f"unknown profile {profile!r}: choose one of {', '.join(PROFILES)}")
+    if root.exists() and not root.is_dir():
+        raise ResultsError(f"the results folder {root} is not a folder: pass the folder holding "
+                           f"{'/'.join(PROFILES)}/ (--results-dir)")
+    folders = [root / name for name in ([profile] if profile is not None else PROFILES)]
     paths = sorted(p for folder in folders for p in folder.glob("*.json"))
     return frame(_read(p) for p in paths)
 
@@ -153,3 +154,24 @@ def time_to_target(df: pd.DataFrame, reference: str = "rmsprop", target: float |
     out["speedup"] = [ref_time.get(tuple(k), float("nan")) / t if t else float("nan")
                       for k, t in zip(out[group_key].itertuples(index=False), out["time_to_target"])]
     return out.sort_values(group_key[:2] + ["time_to_target"]).reset_index(drop=True)
+
+
+def bench_report(folder: Path, *, tuned: bool | None = None, dataset: str | None = None,
+                 precisions: Iterable[str] = (), local_iters: bool = False) -> dict | None:
+    """The newest benchmark report under ``folder`` (file names sort by time) of the kind asked for:
+    ``tuned`` (the ``--tuned`` report or not), its ``dataset``, rows in every one of ``precisions``, and
+    LocoProp-M at other numbers of local iterations (``bench --local-iters``) or not (``local_iters``)."""
+    found = None
+    for path in sorted(Path(folder).glob("*.json")):
+        report = json.loads(path.read_text())
+        settings = report.get("settings", {})
+        if tuned is not None and bool(settings.get("tuned")) != tuned:
+            continue
+        if dataset is not None and settings.get("dataset") != dataset:
+            continue
+        if not set(precisions) <= {row.get("precision", "fp32") for row in report.get("rows", [])}:
+            continue
+        if bool(settings.get("local_iters")) != local_iters:
+            continue
+        found = report
+    return found

@@ -1,79 +1,60 @@
-r"""Many runs: a list of configurations trained one after another or in local worker processes.
+r"""Many runs: a list of configurations trained one after another, in local worker processes, or as
+the tasks of a SLURM job array (:mod:`locoprop.experiments.executors`).
 
 Finished runs are loaded, not retrained, so running the same sweep again continues where it
 stopped.  ``until`` trains every run only up to that epoch (the rungs of successive halving, see
-:mod:`locoprop.experiments.tuning`).
+:mod:`locoprop.experiments.tuning`); with a SLURM executor every rung is one job array, and the
+search waits for all its tasks before it ranks them.
 """
 from __future__ import annotations
 
-import multiprocessing
-import os
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from .config import RunConfig
+from .executors import Local, Slurm, from_parameter, reached
 from .records import RunResult, find_result
-from .train import check, progress_disabled, run, trainable
-from .tuning import (SEARCHES, best_setting, edges, extension, finalist_configs, grid_configs, halving,
+from .results import bench_report
+from .train import check, progress_disabled, trainable
+from .tuning import (BUDGET, SEARCHES, TRIAL_HORIZON, rungs_of, best_setting, edges, extension, finalist_configs, grid_configs, halving,
                      halving_grid, halving_trial, trial_config)
 
-__all__ = ["sweep", "tune"]
+__all__ = ["sweep", "tune", "tune_plan"]
 
-
-def _init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
-    os.environ["TQDM_DISABLE"] = "1"
-
-def _run_quietly(config: RunConfig, until: int | None = None) -> RunResult:
-    return run(config, progress=False, until=until)
-
-def _reached(result: RunResult | None, until: int | None) -> bool:
-    """Whether ``result`` needs no more training for the budget ``until`` (None: to the end)."""
-    return result is not None and (result.finished or (until is not None and result.final["epoch"] >= until))
 
 def sweep(configs: Iterable[RunConfig], processes: int = 1, progress: bool = True,
-          until: int | None = None) -> list[RunResult]:
+          until: int | None = None, executor: Local | Slurm | dict | None = None) -> list[RunResult]:
     """Run every configuration (finished ones are loaded, not rerun); results in input order.
 
     ``until``: train each only up to that epoch (see :func:`run`).  ``processes > 1`` runs them in
-    that many spawned local processes, each with ``cpu_count // processes`` torch threads.  Diverged
-    runs are results like any other; any other exception stops the sweep (finished runs stay on
-    disk, so running it again continues).
+    that many spawned local processes, each with ``cpu_count // processes`` torch threads.
+    ``executor``: where the runs without a result train (an executor of
+    :mod:`~locoprop.experiments.executors`, or the notebooks' ``executor`` parameter: None, the
+    default, is local with ``processes``).  Diverged runs are results like any other; any other
+    exception stops the sweep (finished runs stay on disk, so running it again continues).
     """
+    executor = from_parameter(executor, processes)
     configs = [check(c) for c in configs]  # every config is checked before anything runs
     ids = [c.run_id for c in configs]
     unique = {rid: cfg for rid, cfg in zip(ids, configs)}
     results: dict[str, RunResult] = {}
     for rid, cfg in unique.items():
         found = find_result(cfg, stopped=True)
-        if _reached(found, None if until is None else min(until, cfg.epochs)):
+        if reached(found, None if until is None else min(until, cfg.epochs)):
             results[rid] = found
     todo = [trainable(cfg) for rid, cfg in unique.items() if rid not in results]
     bar = tqdm(total=len(unique), initial=len(results), desc="sweep", unit="run", disable=progress_disabled(progress))
-    if processes <= 1 or len(todo) <= 1:
-        for cfg in todo:
-            results[cfg.run_id] = run(cfg, progress=progress, until=until)
-            bar.update()
-    else:
-        threads = max(1, (os.cpu_count() or 1) // processes)
-        with ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_init_worker, initargs=(threads,)) as pool:
-            futures = {pool.submit(_run_quietly, cfg, until): cfg.run_id for cfg in todo}
-            try:
-                for future in as_completed(futures):
-                    results[futures[future]] = future.result()
-                    bar.update()
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
+    for cfg, result in executor.train(todo, until=until, progress=progress):
+        results[cfg.run_id] = result
+        bar.update()
     bar.close()
     return [results[rid] for rid in ids]
 
 
-def tune(bases, seeds=(), processes: int = 1, progress: bool = True, report=print, search: str = "halving") -> list:
+def tune(bases, seeds=(), processes: int = 1, progress: bool = True, report=print, search: str = "halving",
+         executor: Local | Slurm | dict | None = None) -> list:
     """Run the search of every base configuration in turn, then the winners with the full protocol, seed by seed.
 
     ``search``: ``"halving"`` (successive halving on the protocol's own horizon; its survivor is the
@@ -83,7 +64,9 @@ def tune(bases, seeds=(), processes: int = 1, progress: bool = True, report=prin
     before anything trains (a finalist differs from its base only in tuned hyper-parameters and
     seed); finished runs are loaded, not retrained, so calling this again continues where it
     stopped.  ``report`` gets a line per optimizer naming its winner.  Returns the results of the
-    trials (the halving's as they stood at their last rung) and of the finalists.
+    trials (the halving's as they stood at their last rung) and of the finalists.  ``executor``: where
+    the runs train (see :func:`sweep`); with SLURM, every rung of a halving, the grid and every
+    extension of the short search, and the finalists of each seed are one job array each.
     """
     if search not in SEARCHES:
         raise ValueError(f"unknown search {search!r}: choose one of {', '.join(SEARCHES)}")
@@ -100,15 +83,16 @@ def tune(bases, seeds=(), processes: int = 1, progress: bool = True, report=prin
     for base in bases:  # one optimizer's search to its end before the next one's
         if search == "halving":
             found = halving(base, advance=lambda configs, until: sweep(configs, processes=processes,
-                                                                       progress=progress, until=until))
+                                                                       progress=progress, until=until,
+                                                                       executor=executor))
             results += [r for _, trials in found.rungs[-1:] for r in trials]
             best[base.optimizer], edge = found.setting, found.edge
             report(f"{base.optimizer}: survivor {found.setting} after {found.budget} epochs of trials"
                    + (f" (on the edge of its grid in {', '.join(edge)})" if edge else ""))
         else:
-            runs = sweep(grid_configs(base), processes=processes, progress=progress)
+            runs = sweep(grid_configs(base), processes=processes, progress=progress, executor=executor)
             while (setting := extension(base.optimizer, runs)) is not None:
-                runs.append(run(trial_config(base, setting), progress=progress))
+                runs += sweep([trial_config(base, setting)], processes=processes, progress=progress, executor=executor)
             results += runs
             best[base.optimizer], edge = best_setting(runs), edges(base.optimizer, best_setting(runs), runs)
             if seeds:
@@ -120,5 +104,41 @@ def tune(bases, seeds=(), processes: int = 1, progress: bool = True, report=prin
         if search == "halving" and seed == 0:
             continue  # the survivor of the halving is the seed-0 final
         configs = [c for base in bases for c in finalist_configs(base, best[base.optimizer], [seed])]
-        results += sweep(configs, processes=processes, progress=progress)
+        results += sweep(configs, processes=processes, progress=progress, executor=executor)
     return results
+
+
+def tune_plan(bases, search: str = "halving", seeds=()) -> str:
+    """What :func:`tune` will train, in epochs per optimizer, and how long that takes at the cost per epoch (training
+    and evaluation) of the newest ``bench --tuned`` report of the dataset under the results folder, when there is
+    one.  Runs already finished are skipped by :func:`tune`, so this is an upper bound."""
+    lines, hours, priced = [], 0.0, True
+    for base in bases:
+        cfg = base.resolve()
+        if search == "halving":
+            rungs = (0, *rungs_of(cfg))
+            kept = [max(1, BUDGET // 2 ** i) for i in range(len(rungs) - 1)]
+            trials = sum(k * (b - a) for k, a, b in zip(kept, rungs, rungs[1:]))
+            what = (f"successive halving ({', '.join(f'{k} to epoch {b}' for k, b in zip(kept, rungs[1:]))}: "
+                    f"{trials} epochs, +{rungs[1]} per trial beyond the grid)")
+            extra = [s for s in seeds if s != 0]
+        else:
+            epochs, _ = TRIAL_HORIZON.get(cfg.profile, (cfg.epochs, cfg.warmup_epochs))
+            trials = BUDGET * epochs
+            what = f"short search ({BUDGET} trials of {epochs} epochs: {trials} epochs, +{epochs} per extension)"
+            extra = list(seeds)
+        finals = len(extra) * cfg.epochs
+        total = trials + finals
+        lines.append(f"  {cfg.optimizer}: {what}" + (f", then seeds {', '.join(map(str, extra))} "
+                                                      f"({finals} epochs)" if extra else "") + f": {total} epochs")
+        report = bench_report(Path(cfg.results_dir) / "bench", tuned=True, dataset=cfg.dataset)
+        rows = {} if report is None else {r["optimizer"]: r["epoch_s"] for r in report["rows"]
+                                          if r.get("precision", "fp32") == "fp32"}
+        if cfg.optimizer in rows:
+            hours += total * (rows[cfg.optimizer] + report.get("evaluation_s", 0.0)) / 3600
+        else:
+            priced = False
+    estimate = (f"at most {hours:.1f} h at the cost per epoch measured by `python -m locoprop bench --tuned` "
+                f"(evaluation included); finished runs are skipped" if priced else
+                "no estimate: no `python -m locoprop bench --tuned` report prices every optimizer on this dataset")
+    return "plan:\n" + "\n".join(lines) + f"\nestimated time: {estimate}"

@@ -9,7 +9,10 @@ of the training set, the last incomplete batch dropped)::
     opt.step(closure) if opt.needs_loss_closure else opt.step()
     scheduler.step()            # linear warm-up, then linear decay to zero
 
-with the data on the device once and no host synchronisation inside an epoch.  The batches are
+with the data on the device once and no host synchronisation inside an epoch (the record's learning rate
+is a copy taken at the epoch's last step and read after it: LocoProp's rates are tensors that the scheduler
+updates in place).  A bf16 run on CUDA trains with cuBLAS's bfloat16 partial sums turned off
+(:func:`locoprop.precision.float32_accumulation`), so its products sum in float32 as on the CPU.  The batches are
 drawn from a CPU generator seeded with the run's seed, so they are the same on every device.  Epoch 0 records
 the untrained model; after every epoch the full train and test sets are evaluated under
 ``torch.no_grad()`` (not counted in the training time): sigmoid cross-entropy in nats per image
@@ -36,7 +39,7 @@ from tqdm import tqdm
 
 from ..models import deep_autoencoder, reconstruction_loss, squared_error
 from ..optim import REVISIONS, make_optimizer
-from ..precision import PRECISIONS
+from ..precision import PRECISIONS, float32_accumulation
 from ..schedules import warmup_linear_decay
 from . import bf16_check, data
 from .checkpoints import load_checkpoint, remove_checkpoint, run_lock, save_checkpoint
@@ -91,8 +94,15 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, chunk: int = EVAL_CHUNK) -
     return values[0], values[1]
 
 def _build(cfg: RunConfig, device: torch.device):
-    """The model and optimizer of ``cfg`` (``ValueError`` for invalid hyper-parameters)."""
-    model = deep_autoencoder(cfg.sizes, cfg.activation, seed=cfg.seed).to(device)
+    """The model and optimizer of ``cfg`` (``ValueError`` for invalid hyper-parameters or a model that does not fit)."""
+    try:
+        model = deep_autoencoder(cfg.sizes, cfg.activation, seed=cfg.seed).to(device)
+    except (MemoryError, RuntimeError) as err:  # torch.OutOfMemoryError is a RuntimeError
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if not isinstance(err, MemoryError) and "alloc" not in first.lower() and "out of memory" not in first.lower():
+            raise
+        raise ValueError(f"the model of sizes {list(cfg.sizes)} does not fit in the memory of {device} ({first}): "
+                         f"choose smaller widths") from None
     hparams = dict(cfg.hparams)
     lr = hparams.pop("lr")
     try:
@@ -102,10 +112,13 @@ def _build(cfg: RunConfig, device: torch.device):
     return model, opt
 
 def check(config: RunConfig) -> RunConfig:
-    """``config`` resolved, after building its optimizer on a small model of the same depth and taking one step.
+    """``config`` resolved, after building its optimizer on a small model of the same depth and taking one
+    step, and checking it against its data (unless its finished result is on disk, to be loaded).
 
-    An invalid hyper-parameter fails here with a ``ValueError``, before any data is loaded or any
-    run trains; the global random state is left as it was.
+    An invalid hyper-parameter fails here with a ``ValueError``, and a dataset that is missing or
+    fails verification (:class:`~locoprop.experiments.data.DataError`), sizes that do not match its
+    pixels, or a subset or batch larger than its training set with a ``ValueError``, before any run
+    trains; the global random state is left as it was.
     """
     cfg = config.resolve()
     hparams = dict(cfg.hparams)
@@ -121,7 +134,23 @@ def check(config: RunConfig) -> RunConfig:
         except (TypeError, ValueError, RuntimeError) as err:
             raise ValueError(f"invalid hyper-parameters {json.dumps(cfg.hparams)} for {cfg.optimizer}: "
                              f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    if find_result(cfg) is None:  # a finished run is loaded, not trained: it needs no data
+        _check_data(cfg)
     return cfg
+
+def _check_data(cfg: RunConfig) -> None:
+    """The dataset files of ``cfg`` present and verified (:func:`data.shape`), its sizes and batches fitting them."""
+    n, pixels = data.shape(cfg.dataset, "train")
+    data.shape(cfg.dataset, "test")
+    if not cfg.sizes[0] == cfg.sizes[-1] == pixels:
+        raise ValueError(f"sizes {list(cfg.sizes)} must start and end with the {pixels} pixels of {cfg.dataset} "
+                         f"(leave --sizes out for its default)")
+    if cfg.subset is not None and cfg.subset > n:
+        raise ValueError(f"subset {cfg.subset} exceeds the {n} training images of {cfg.dataset}: lower --subset")
+    images = n if cfg.subset is None else cfg.subset
+    if cfg.batch_size > images:
+        raise ValueError(f"batch_size {cfg.batch_size} exceeds the {images} training images of {cfg.dataset}"
+                         f"{' kept by subset' if cfg.subset is not None else ''}: lower --batch-size")
 
 def trainable(cfg: RunConfig) -> RunConfig:
     """``cfg`` (resolved) if this code can train it; a ``ValueError`` for an older revision of its optimizer's arithmetic."""
@@ -166,7 +195,8 @@ def run(
         if done is not None and (done.finished or done.final["epoch"] >= until):
             result = done
         else:
-            result = _train(cfg, paths, progress, callback, until, done)
+            with float32_accumulation(cfg.device, enabled=cfg.precision != "fp32"):  # CUDA: bf16 products sum in fp32
+                result = _train(cfg, paths, progress, callback, until, done)
     try:
         paths["lock"].parent.rmdir()  # only if no other run has a checkpoint or a lock there
     except OSError:
@@ -187,6 +217,10 @@ def _train(cfg: RunConfig, paths: dict[str, Path], progress: bool, callback, unt
     model, opt = _build(cfg, device)
     train = data.load(cfg.dataset, "train", device=device, subset=cfg.subset)
     test = data.load(cfg.dataset, "test", device=device)
+    for split, images in (("training", train), ("test", test)):  # once per run: one host sync each
+        if not bool(torch.isfinite(images).all()):
+            raise ValueError(f"the {split} images of {cfg.dataset} hold values that are not finite (NaN or inf), which "
+                             f"would turn the weights into NaN: check the data the run is given")
     if not cfg.sizes[0] == cfg.sizes[-1] == train.shape[1]:
         raise ValueError(f"sizes {cfg.sizes} must start and end with the {train.shape[1]} pixels of {cfg.dataset}")
     n, batch = train.shape[0], cfg.batch_size
@@ -214,7 +248,7 @@ def _train(cfg: RunConfig, paths: dict[str, Path], progress: bool, callback, unt
         train_loss, train_se = evaluate(model, train)
         test_loss, test_se = evaluate(model, test)
         records = [dict(epoch=0, train_loss=train_loss, test_loss=test_loss, train_squared_error=train_se,
-                        test_squared_error=test_se, epoch_time=0.0, train_time=0.0, lr=opt.param_groups[0]["lr"])]
+                        test_squared_error=test_se, epoch_time=0.0, train_time=0.0, lr=float(opt.param_groups[0]["lr"]))]
         provenance = make_provenance(device)
 
     status, diverged_epoch = "completed", None
@@ -230,10 +264,11 @@ def _train(cfg: RunConfig, paths: dict[str, Path], progress: bool, callback, unt
         sync(device)
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=shuffle).to(device)
-        lr = opt.param_groups[0]["lr"]
-        for i in range(steps):
+        for i in tqdm(range(steps), desc=f"epoch {epoch}", unit="step", leave=False, position=1,
+                      disable=progress_disabled(progress)):  # progress within an epoch (minutes at paper scale)
             xb = train[perm[i * batch:(i + 1) * batch]]
-            lr = opt.param_groups[0]["lr"]
+            if i == steps - 1:  # the record's lr, the epoch's last; a copy (a tensor lr changes in place)
+                lr = _copy(opt.param_groups[0]["lr"])
             opt.zero_grad(set_to_none=True)
             loss = training_loss(model, xb, cfg.precision, device)
             loss.backward()
@@ -248,7 +283,7 @@ def _train(cfg: RunConfig, paths: dict[str, Path], progress: bool, callback, unt
         test_loss, test_se = evaluate(model, test)
         record = dict(epoch=epoch, train_loss=train_loss, test_loss=test_loss, train_squared_error=train_se,
                       test_squared_error=test_se, epoch_time=epoch_time,
-                      train_time=records[-1]["train_time"] + epoch_time, lr=lr)
+                      train_time=records[-1]["train_time"] + epoch_time, lr=float(lr))
         records.append(record)
         bar.set_postfix(train=f"{train_loss:.3g}", test=f"{test_loss:.3g}")
         ended = exit_epoch(records, cfg.exits, cfg.divergence_factor)
@@ -274,6 +309,10 @@ def _train(cfg: RunConfig, paths: dict[str, Path], progress: bool, callback, unt
     if status != "stopped":
         remove_checkpoint(paths["checkpoint"])
     return result
+
+def _copy(value):
+    """A tensor's copy (without a host read), or the number itself."""
+    return value.clone() if torch.is_tensor(value) else value
 
 def _warn_if_retrained_differently(before: RunResult, after: RunResult) -> None:
     """A warning when a run trained again from the start disagrees with the records it had when stopped."""

@@ -47,11 +47,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..optim import REVISIONS
+from ..optim.locoprop import step_sum
 from .config import PROFILES, grid
 from .records import exit_epoch, find_result
 
 __all__ = ["BUDGET", "EXITS", "GRIDS", "MAX_EXTENSIONS", "TRIAL_HORIZON", "Tuned", "best_setting", "edges", "extension",
-           "finalist_configs", "grid_configs", "halving", "halving_grid", "halving_trial", "trial_config", "tuned", "tuned_setting"]
+           "Finals", "finalist_configs", "finals", "grid_configs", "halving", "halving_grid", "halving_trial", "observe", "rungs_of", "same_total_step", "trial_config", "tuned", "tuned_setting"]
 
 BUDGET = 8
 MAX_EXTENSIONS = 2
@@ -178,6 +179,11 @@ class Tuned:
     def extensions(self) -> int:
         return max(0, len(self.trials) - _grid_size(self.optimizer))
 
+    @property
+    def revision(self) -> int | None:
+        """The revision of the optimizer's arithmetic its trials ran with (None without trials)."""
+        return self.trials[0].config.revision if self.trials else None
+
 
 def tuned(base) -> Tuned:
     """The short search of ``base.optimizer`` as found on disk (nothing is trained).
@@ -258,13 +264,14 @@ def halving_trial(base, setting: dict[str, Any]):
                                exits=EXITS.get(base.profile, ()))
 
 
-def _rungs(base) -> tuple[int, ...]:
+def rungs_of(base) -> tuple[int, ...]:
+    """The rung ends of ``base``'s successive halving: its profile's :data:`RUNGS` below its horizon, then the horizon."""
     epochs = base.epochs if base.epochs is not None else PROFILES[base.profile].epochs
     rungs = tuple(r for r in RUNGS.get(base.profile, ()) if r < epochs) + (epochs,)
     return rungs
 
 
-def _observe(config, rung: int):
+def observe(config, rung: int):
     """The trial ``config`` as it stood at epoch ``rung``: a RunResult whose records end there (or where the
     trial stopped early, status diverged or abandoned; ``stopped`` while alive before the end), or None if
     neither its own result file nor a finished twin without the exits reaches that far."""
@@ -290,7 +297,7 @@ class Halving:
     """Successive halving of one optimizer as far as it has gone.
 
     ``rungs``: per rung reached, ``(epoch, trials)`` with every trial of that rung as it stood there
-    (:func:`_observe`), best first among the alive; ``kept``: the settings continued from each rung.
+    (:func:`observe`), best first among the alive; ``kept``: the settings continued from each rung.
     ``setting``/``final``: the survivor's setting and 100-epoch run once the search is complete.
     """
 
@@ -336,7 +343,7 @@ def halving(base, advance=None) -> Halving:
     points = [c.hparams for c in halving_grid(base)]
     population = [halving_trial(base, p) for p in points]
     rungs, kept, extensions = [], [], 0
-    for index, rung in enumerate(_rungs(base)):
+    for index, rung in enumerate(rungs_of(base)):
         seen = _advanced(population, rung, advance)
         if index == 0:
             while None not in seen and (setting := extension(base.optimizer, seen)) is not None:
@@ -363,14 +370,52 @@ def halving(base, advance=None) -> Halving:
 
 
 def _advanced(configs, rung: int, advance) -> list:
-    """The trials ``configs`` at ``rung`` (:func:`_observe`), after training those that have not reached it."""
-    seen = [_observe(c, rung) for c in configs]
+    """The trials ``configs`` at ``rung`` (:func:`observe`), after training those that have not reached it."""
+    seen = [observe(c, rung) for c in configs]
     todo = [c for c, r in zip(configs, seen) if r is None]
     if todo and advance is not None:
         advance(todo, rung)
-        seen = [_observe(c, rung) for c in configs]
+        seen = [observe(c, rung) for c in configs]
     return seen
 
 
 def halving_grid(base):
     return grid(dataclasses.replace(base, hparams={}), **GRIDS[base.optimizer])
+
+
+@dataclass
+class Finals:
+    """The full-protocol runs that stand for one optimizer: those of its halving's survivor once the halving is
+    complete (the survivor is seed 0), else those of its short search's winner; ``results``: the seeds found."""
+
+    optimizer: str
+    search: str | None            # "halving", "short", or None while neither search has a winner
+    setting: dict[str, Any] | None
+    results: list                 # RunResult per seed found, in seed order
+
+
+def finals(base, seeds, halved: Halving | None = None, short: Tuned | None = None) -> Finals:
+    """The :class:`Finals` of ``base.optimizer`` as found on disk (nothing is trained); ``halved`` and ``short``
+    (the two searches as read by :func:`halving` and :func:`tuned`) are read here when not given."""
+    halved = halving(base) if halved is None else halved
+    if halved.complete:
+        others = finalist_configs(dataclasses.replace(base, exits=()), halved.setting, [s for s in seeds if s != 0])
+        found = ([halved.final] if 0 in seeds else []) + [find_result(c) for c in others]
+        return Finals(base.optimizer, "halving", dict(halved.setting), [r for r in found if r is not None])
+    short = tuned(base) if short is None else short
+    if short.setting is None:
+        return Finals(base.optimizer, None, None, [])
+    configs = finalist_configs(dataclasses.replace(base, revision=short.revision), short.setting, seeds)
+    return Finals(base.optimizer, "short", dict(short.setting), [r for r in map(find_result, configs) if r is not None])
+
+
+def same_total_step(config, local_iters: int, reference: int = 10):
+    """LocoProp ``config`` with ``local_iters`` local iterations and its inner learning rate rescaled so that
+    :math:`\\nu\\sum_{j<T}\\max(1 - j/T, \\text{lr\\_floor})` stays that of ``reference`` iterations (the
+    official notebook's rule for comparing T; :func:`locoprop.optim.locoprop.step_sum`)."""
+    if not config.optimizer.startswith("locoprop"):
+        raise ValueError(f"local_iters applies to LocoProp, not to {config.optimizer}")
+    cfg = config.resolve()
+    floor = cfg.hparams.get("lr_floor", 0.25)
+    lr = cfg.hparams["lr"] * step_sum(reference, floor) / step_sum(local_iters, floor)
+    return dataclasses.replace(config, hparams={**config.hparams, "lr": float(f"{lr:.6g}"), "local_iters": local_iters})

@@ -1,0 +1,190 @@
+"""The notebooks' tables (locoprop.experiments.report) on small frames whose answers are worked out by hand."""
+import json
+import types
+
+import pandas as pd
+import pytest
+
+from locoprop.experiments import report
+from locoprop.experiments.results import COLUMNS, bench_report
+
+
+def curves(spec, epoch_time=2.0):
+    """Result records (the columns of load_results) from {(optimizer, seed): [train loss at epoch 0, 1, ...]};
+    the test loss is the train loss + 3, every epoch takes ``epoch_time`` seconds."""
+    rows = []
+    for (name, seed), losses in spec.items():
+        for epoch, loss in enumerate(losses):
+            rows.append({"run_id": f"{name}_{seed}", "profile": "paper", "dataset": "fashion-mnist", "optimizer": name,
+                         "seed": seed, "hparams": json.dumps({"lr": 0.1}), "epoch": epoch, "train_loss": loss,
+                         "test_loss": loss + 3.0, "train_squared_error": 0.0, "test_squared_error": 0.0,
+                         "epoch_time": 0.0 if epoch == 0 else epoch_time, "train_time": epoch * epoch_time,
+                         "lr": 0.1, "status": "completed", "diverged_epoch": None, "device": "cpu",
+                         "git_commit": "x", "precision": "fp32", "horizon": len(losses) - 1})
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+SPEC = {("adam", 0): [500, 300, 210, 205], ("adam", 1): [500, 310, 220, 207],
+        ("locoprop-m", 0): [500, 250, 200, 201], ("locoprop-m", 1): [500, 260, 199, 203]}
+
+
+def test_finals_table_gives_mean_range_lowest_and_gap_in_the_books_order():
+    runs = report.labelled(curves(SPEC))
+    per_epoch = pd.Series({"Adam": 6.0, "LocoProp-M": 50.0})
+    bench = {"rows": [{"optimizer": "adam", "flops_per_step": 2e9, "precision": "fp32"},
+                      {"optimizer": "adam", "flops_per_step": 9e9, "precision": "bf16"}]}
+    table = report.finals_table(runs, per_epoch, bench, {"adam": {"lr": 0.002}, "locoprop-m": {"lr": 1e-4, "gamma": 10.0}})
+    assert list(table.index) == ["Adam", "LocoProp-M"]  # the optimizers' order, not the alphabet's
+    adam, loco = table.loc["Adam"], table.loc["LocoProp-M"]
+    assert adam["final train loss"] == "206.00" and adam["range over seeds"] == "205.00–207.00"
+    assert adam["final test loss"] == "209.00" and adam["test − train"] == "3.00" and adam["seeds"] == "0,1"
+    # LocoProp-M's mean curve: 500, 255, 199.5, 202 -> lowest 199.5 at epoch 2
+    assert loco["lowest train loss (epoch)"] == "199.50 (2)"
+    assert adam["GFLOP / step"] == "2" and loco["GFLOP / step"] == ""  # the float32 row; none for LocoProp-M
+    assert loco["s / epoch"] == "50" and loco["setting"] == "lr=0.0001, gamma=10"
+
+
+def test_rose_text_names_only_runs_that_ended_five_percent_above_their_lowest():
+    assert report.rose_text(report.labelled(curves(SPEC))) == ""
+    risen = {**SPEC, ("rmsprop", 0): [500, 256, 300, 900]}
+    text = report.rose_text(report.labelled(curves(risen)))
+    assert text.startswith("Ended more than 5% above its lowest loss: RMSProp (final 900.0, lowest 256.0 at epoch 1)")
+
+
+def test_reach_table_counts_epochs_and_seconds_to_each_target():
+    runs = report.labelled(curves(SPEC))
+    runs["time"] = runs["epoch"] * runs["optimizer"].astype(str).map({"Adam": 6.0, "LocoProp-M": 50.0})
+    table = report.reach_table(runs, {"t": 210.0}, reference="Adam")
+    # Adam: seed 0 reaches 210 at epoch 2, seed 1 at epoch 3 -> 2.5 epochs, 15 s; LocoProp-M: epoch 2 both -> 100 s
+    assert table.loc["Adam", ("t", "epochs")] == "2.5" and table.loc["Adam", ("t", "seconds")] == "15"
+    assert table.loc["LocoProp-M", ("t", "epochs")] == "2" and table.loc["LocoProp-M", ("t", "seconds")] == "100"
+    never = report.reach_table(runs, {"t": 100.0}, reference="Adam")
+    assert never.loc["Adam", ("t", "epochs")] == ""
+
+
+def test_epoch_costs_prefer_the_benchmark_and_fall_back_to_the_recorded_median():
+    runs = report.labelled(curves(SPEC, epoch_time=7.0))
+    bench = {"rows": [{"optimizer": "adam", "epoch_s": 6.0, "precision": "fp32"},
+                      {"optimizer": "adam", "epoch_s": 3.0, "precision": "bf16"}]}
+    per_epoch, recorded = report.epoch_costs(bench, runs)
+    assert per_epoch["Adam"] == 6.0 and per_epoch["LocoProp-M"] == 7.0 and recorded["Adam"] == 7.0
+
+
+def test_cost_table_ratios_to_sgd():
+    bench = {"rows": [{"optimizer": "sgd", "epoch_s": 5.0, "flops_per_step": 1e9, "tflops": 0.1},
+                      {"optimizer": "locoprop-m", "epoch_s": 50.0, "flops_per_step": 8.34e9, "tflops": 0.09},
+                      {"optimizer": "sgd", "epoch_s": 1.0, "flops_per_step": 1e9, "tflops": 0.5, "precision": "bf16"}]}
+    table = report.cost_table(bench)
+    assert table.loc["LocoProp-M", "× SGD (time)"] == "10" and table.loc["LocoProp-M", "× SGD (FLOPs)"] == "8.34"
+    assert list(table.index) == ["SGD", "LocoProp-M"]
+
+
+def test_bench_report_takes_the_newest_file_of_the_kind_asked_for(tmp_path):
+    def write(name, tuned, dataset, precisions):
+        rows = [{"optimizer": "sgd", "precision": p} for p in precisions]
+        (tmp_path / name).write_text(json.dumps({"settings": {"tuned": tuned, "dataset": dataset}, "rows": rows}))
+
+    write("cpu-20260101T000000.json", True, "fashion-mnist", ["fp32"])
+    write("cpu-20260102T000000.json", True, "mnist", ["fp32"])
+    write("cpu-20260103T000000.json", False, None, ["fp32", "bf16"])
+    assert bench_report(tmp_path, tuned=True, dataset="fashion-mnist")["settings"]["dataset"] == "fashion-mnist"
+    assert bench_report(tmp_path, tuned=True)["settings"]["dataset"] == "mnist"
+    assert bench_report(tmp_path, tuned=False, precisions=("fp32", "bf16")) is not None
+    assert bench_report(tmp_path, tuned=True, precisions=("bf16",)) is None
+
+
+def test_other_runs_lists_finished_full_runs_not_shown_elsewhere():
+    runs = curves({**SPEC, ("rmsprop", 0): [500, 256, 300, 900]})
+    stopped = curves({("sgd", 0): [500, 400]}).assign(status="stopped", horizon=3)
+    table = report.other_runs(pd.concat([runs, stopped]), ["adam_0", "adam_1", "locoprop-m_0", "locoprop-m_1"],
+                              {"rmsprop": {"lr": 8e-5}}, "fashion-mnist", 3)
+    assert list(table.index) == ["RMSProp"]  # the stopped run is a rung of a search, not a full run
+    row = table.loc["RMSProp"]
+    assert row["final train loss"] == "900.00" and row["lowest train loss (epoch)"] == "256.00 (1)"
+    assert row["tuned setting"] == "lr=8e-05"
+
+
+def test_precision_check_reports_the_relative_difference_and_a_bf16_rise():
+    check = pd.concat([
+        curves({("adam", 0): [500, 300, 250, 228.0]}).assign(precision="fp32", run_id="a32"),
+        curves({("adam", 0): [500, 300, 250, 227.0]}).assign(precision="bf16", run_id="a16"),
+        curves({("nesterov", 0): [500, 300, 260, 250.0]}).assign(precision="fp32", run_id="n32"),
+        curves({("nesterov", 0): [500, 300, 380, 384.0]}).assign(precision="bf16", run_id="n16"),
+    ])
+    table, rel, lines = report.precision_check(check, 0.005)
+    assert rel["Adam"] == pytest.approx(-1 / 228) and table.loc["Adam", "within 0.5%"] == "yes"
+    assert table.loc["Nesterov", "within 0.5%"] == "no"
+    assert lines[0] == "**bfloat16 is offered for** Adam; **not for** Nesterov."
+    assert "rose from 300.0 after epoch 1 to 380.0 after epoch 2 and ended at 384.0" in lines[1]
+
+
+def test_search_table_and_trial_points_of_a_short_search():
+    trial = lambda lr, loss, status="completed": types.SimpleNamespace(  # noqa: E731
+        config=types.SimpleNamespace(hparams={"lr": lr, "damping": 3.0}), final={"train_loss": loss}, status=status)
+    tuned = types.SimpleNamespace(setting={"lr": 0.1, "damping": 3.0}, trials=[trial(0.1, 230.0), trial(1.0, 600.0, "abandoned")],
+                                  complete=True, extensions=0, edge=[])
+    table = report.search_table({"kfac": {"lr": [0.1, 1.0], "damping": [3.0]}}, {"kfac": tuned}, 8, (5, 1))
+    assert table.loc["K-FAC", "winner"] == "lr=0.1, damping=3" and table.loc["K-FAC", "best train loss after 5 epochs"] == "230.0"
+    assert table.loc["K-FAC", "grid"] == "lr ∈ {0.1, 1}; damping ∈ {3}"
+    points = report.trial_points({"kfac": tuned})
+    assert list(points["other"]) == ["damping=3", "damping=3"] and points["final train loss"].isna().tolist() == [False, True]
+
+
+def test_what_it_shows_states_the_numbers_the_verdicts_and_what_the_test_loss_says():
+    last = curves(SPEC).sort_values("epoch").groupby("run_id").tail(1)
+    last = report.labelled(last)
+    claims = pd.DataFrame([
+        {"claim": "1. LocoProp-M reaches a lower training loss than the first-order methods, per epoch",
+         "verdict": "mixed so far"},
+        {"claim": "3. LocoProp-M is faster than K-FAC and Shampoo in wall-clock time, on one CPU (2 cores)",
+         "verdict": "not supported"}])
+    text = report.what_it_shows(last, claims, {"Adam": "halving", "LocoProp-M": "short"}, "fashion-mnist, CPU")
+    # LocoProp-M 201, 203 (mean 202, range 201-203); Adam 205, 207: the training losses are those of SPEC's last epoch
+    assert "LocoProp-M ends at a training loss of 202.0 (2 seeds, range 201.0–203.0)" in text
+    assert "the best first-order method, Adam, at 206.0 (2 seeds, range 205.0–207.0)" in text
+    assert "claim 1: **mixed so far**; claim 3 on one CPU: **not supported**" in text
+    # test = train + 3 for both: LocoProp-M 204-206 against Adam 208-210 -> below: the lower loss carries over
+    assert "is below Adam's 209.0" in text and "its lower training loss carries over to unseen images." in text
+    assert "successive halving on the protocol's own horizon for 1 of the 2 optimizers shown (Adam)" in text
+
+
+def _result(lr, losses, status="stopped", seed=0):
+    records = [{"epoch": e, "train_loss": v, "test_loss": v + 3.0} for e, v in enumerate(losses)]
+    return types.SimpleNamespace(config=types.SimpleNamespace(hparams={"lr": lr}, seed=seed), status=status,
+                                 records=records, final=records[-1])
+
+
+def test_the_halving_tables_follow_the_rungs():
+    rung10 = [_result(0.002, [500, 223.3]), _result(0.001, [500, 224.4]), _result(0.1, [500, 700.0], "abandoned")]
+    rung25 = [_result(0.001, [500, 214.1]), _result(0.002, [500, 215.0])]
+    halved = types.SimpleNamespace(rungs=[(10, rung10), (25, rung25)], kept=[[{"lr": 0.002}, {"lr": 0.001}], [{"lr": 0.001}]],
+                                   budget=125, extensions=1, setting=None, edge=[], complete=False, pending=1, final=None)
+    table = report.halving_table({"adam": halved})
+    row = table.loc["Adam"]
+    assert row["epochs trained"] == 125 and row["trials beyond the grid"] == 1
+    assert row["best at epoch 10"] == "223.3 (lr=0.002)" and row["best at epoch 25"] == "214.1 (lr=0.001)"
+    points = report.rung_points({"adam": halved})
+    assert len(points) == 5 and points["train loss"].isna().sum() == 1
+    # continued past rung 10: the two kept; the last rung reached continues nowhere yet
+    assert points.loc[points["rung"] == 10, "continued"].tolist() == [True, True, False]
+    assert not points.loc[points["rung"] == 25, "continued"].any()
+    short = types.SimpleNamespace(setting={"lr": 0.002})
+    final = types.SimpleNamespace(search="short", results=[_result(0.002, [500, 205.0], "completed", seed=s) for s in (0, 1)])
+    status = report.status_table({"adam": (short, halved, final)}, (10, 25, 50, 100))
+    assert status.loc["Adam", "successive halving"] == "rung 25 of 100 reached, 1 trials on the way to the next"
+    assert status.loc["Adam", "full runs shown"] == "short: seeds 0,1"
+    side = report.searches_side_by_side({"adam": (short, halved, final)}, {"adam": _result(0.002, [500, 205.4], "completed")})
+    assert side.loc["Adam", ("short search", "final train")] == "205.40" and side.loc["Adam", ("successive halving", "winner")] == ""
+
+
+def test_t_frontier_prices_the_epochs_to_each_target():
+    runs = curves({("locoprop-m", 0): [500, 250, 200, 195], ("locoprop-m", 1): [500, 300, 260, 240]})
+    runs["hparams"] = [json.dumps({"lr": 1e-4 if seed == 0 else 5.7e-4, **({} if seed == 0 else {"local_iters": 1})})
+                       for seed in runs["seed"]]
+    t_runs = report.ablation_runs(runs, {"locoprop-m": "LocoProp-M"})
+    t_runs["hp_local_iters"] = t_runs["hp_local_iters"].fillna(10).astype(int)
+    table = report.t_frontier(t_runs, {10: 50.0, 1: 8.0}, {"target": 250.0})
+    # T = 10 reaches 250 at epoch 1 (50 s); T = 1 at epoch 3 (24 s)
+    assert table.loc[10, "epochs to target"] == "1" and table.loc[10, "seconds to target"] == "50"
+    assert table.loc[1, "epochs to target"] == "3" and table.loc[1, "seconds to target"] == "24"
+    assert table.loc[1, "ν"] == "0.00057" and table.loc[1, "final train loss"] == "240.00"

@@ -15,6 +15,21 @@
 # %% [markdown]
 # # The local losses induced by the transfer functions
 #
+# :::{admonition} At a glance
+# :class: note
+#
+# * **Needs** the package only: no data, no training, a CPU.
+# * **Runs** in {{ exec_01_local_losses_duration }} (its last execution, at the
+#   {{ exec_01_local_losses_profile }} profile, kernel start included; see {doc}`../book/status`).
+# * **Finds** that the matching losses of sigmoid and tanh are quadratic only near their target and
+#   grow linearly away from it, so that their gradients stay bounded, while the squared loss's gradient
+#   grows without bound; that ReLU's loss does not distinguish predictions below zero when the target is
+#   negative; and that at zero logits the output layer's loss is $784 \ln 2 =$
+#   {glue:text}`zero_logit_loss:.1f` nats per image.
+# * **Next**: {doc}`02_preconditioning` runs the local iterations on these losses and shows how they
+#   turn BackProp's step into a preconditioned one.
+# :::
+#
 # LocoProp-M fits each layer's pre-activation $\hat a = XW$ to a target with the *matching loss*
 # of the layer's transfer function $f = \nabla F$, the Bregman divergence
 #
@@ -46,14 +61,18 @@
 #
 # or with papermill itself: `jupytext --to ipynb -o - notebooks/01_local_losses.py | papermill -
 # out.ipynb --cwd notebooks -p profile smoke`. The notebook needs no data and trains nothing, so both
-# profiles do the same computation: about 15 seconds on a 2-core CPU, most of it spent starting the
-# kernel.
+# profiles do the same computation.
 # :::
 
 # %% tags=["parameters", "remove-cell"]
 profile = "smoke"
 dataset = "digits"
 device = "cpu"
+
+# %% tags=["remove-cell"]
+from locoprop.experiments.reproduce import check_parameters
+
+check_parameters(profile=profile, dataset=dataset, device=device)
 
 # %% tags=["hide-input"]
 import math
@@ -150,8 +169,8 @@ plt.show()
 # %% [markdown]
 # ## A few values
 #
-# The table lists $D_F(\hat a, a)$ at a few points (a regression check of `locoprop.transfer`
-# when this notebook is re-run as a test).
+# The table lists $D_F(\hat a, a)$ at a few points $(\hat a, a)$ (a regression check of
+# `locoprop.transfer` when this notebook is re-run as a test).
 
 # %%
 check_points = [(-3.0, -2.0), (0.0, 0.5), (1.0, -0.5), (3.0, 2.0), (-1.0, 2.0)]
@@ -163,9 +182,9 @@ table = pd.DataFrame(
         ]
         for name, label in names.items()
     },
-    index=pd.Index([f"â={ah:+.1f}, a={a:+.1f}" for ah, a in check_points], name="point"),
+    index=[f"â={ah:+.1f}, a={a:+.1f}" for ah, a in check_points],
 )
-table.round(6)
+table.rename_axis(columns="point").round(6)  # the index's name in the header's corner: one header row
 
 # %% [markdown]
 # The output layer's matching loss is the sigmoid cross-entropy itself, and at zero logits

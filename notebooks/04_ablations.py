@@ -41,12 +41,29 @@
 # python -m locoprop reproduce --profile paper --dataset fashion-mnist --notebook 04_ablations
 # ```
 #
-# The smoke runs train in about a minute and a half on a 2-core CPU (86 s measured with no result
-# files present); finished runs are loaded, not retrained. At paper scale the page trains
+# Its last execution took {{ exec_04_ablations_duration }} ({doc}`../book/status`); with no result
+# files present it first trains every smoke run, and finished runs are loaded, not retrained. At
+# paper scale the page trains
 # {glue:text}`ablation_runs` runs of the full protocol (100 epochs each): about
 # {glue:text}`ablation_hours` hours of training on the 2-core CPU of the paper-scale results,
 # from their measured LocoProp epoch and a cost proportional to the matrix products of a step,
-# $3 + 2T$ (evaluation not included). A GPU, or a subset of the ablations, is the practical way.
+# $3N - N_1 + 2TN$ ({eq}`eq-cost-ratio`; evaluation not included). A GPU, or a subset of the
+# ablations, is the practical way. The paper-scale runs of the number of local iterations $T$ are
+# on the {doc}`03_benchmark` page.
+# :::
+#
+# :::{admonition} At a glance
+# :class: note
+#
+# * **Needs** the committed result files under `data/results/` (finished runs are loaded, missing
+#   smoke runs trained); a CPU.
+# * **Runs** in {{ exec_04_ablations_duration }} (its last execution, at the
+#   {{ exec_04_ablations_profile }} profile; see {doc}`../book/status`).
+# * **Finds** the settings with the lowest final loss for LocoProp-M at this profile
+#   ($T =$ {glue:text}`best_local_iters_m`, $\gamma =$ {glue:text}`best_gamma_m`, inner optimizer
+#   {glue:text}`best_inner`) and how far bfloat16 moves the tuned optimizers' final losses (at most
+#   {glue:text}`bf16_max_difference`).
+# * **Next**: {doc}`../book/reproduce` gives the commands to run everything yourself.
 # :::
 
 # %% tags=["parameters", "remove-cell"]
@@ -55,6 +72,12 @@ dataset = "digits"
 device = "cpu"
 seeds = [0]
 results_dir = None
+executor = None
+
+# %% tags=["remove-cell"]
+from locoprop.experiments.reproduce import check_parameters
+
+check_parameters(profile=profile, dataset=dataset, device=device, seeds=seeds)
 
 # %% tags=["hide-input"]
 import dataclasses
@@ -67,9 +90,11 @@ import seaborn as sns
 from IPython.display import Markdown, display
 from myst_nb import glue
 
+from locoprop.models import PAPER_SIZES
 from locoprop.optim.locoprop import step_sum
-from locoprop.experiments.plotting import LABELS, PALETTE, log_loss_axis, log_x_axis
-from locoprop.experiments.results import load_results, load_runs
+from locoprop.experiments import report
+from locoprop.experiments.plotting import PALETTE, log_loss_axis, log_x_axis
+from locoprop.experiments.results import bench_report, load_results, load_runs
 from locoprop.experiments.config import PROFILES, RunConfig, default_results_dir, grid
 from locoprop.experiments.sweep import sweep
 
@@ -120,47 +145,30 @@ paper = paper[paper["optimizer"].isin(list(VARIANTS)) & (paper["dataset"] == "fa
               & paper["hparams"].map(lambda h: json.loads(h).get("local_iters", 10) == 10)]
 epoch_s = paper.groupby("optimizer")["epoch_time"].median().to_dict()
 glue("ablation_runs", str(len(distinct)), display=False)
-hours = sum(PROFILES["paper"].epochs * epoch_s[c.optimizer] * (3 + 2 * c.hparams.get("local_iters", 10)) / (3 + 2 * 10)
+_n = sum(a * b for a, b in zip(PAPER_SIZES[:-1], PAPER_SIZES[1:]))  # products per step, eq-cost-ratio
+
+
+def step_cost(T):
+    return 3 - PAPER_SIZES[0] * PAPER_SIZES[1] / _n + 2 * T
+
+
+hours = sum(PROFILES["paper"].epochs * epoch_s[c.optimizer] * step_cost(c.hparams.get("local_iters", 10)) / step_cost(10)
             for c in distinct.values() if c.optimizer in epoch_s) / 3600
 glue("ablation_hours", f"{hours:.0f}" if len(epoch_s) == len(VARIANTS) else "(not measured yet)", display=False)
 
 # %% tags=["hide-input"]
 # NBVAL_IGNORE_OUTPUT
-results = sweep([c for configs in ablations.values() for c in configs], progress=False)
+results = sweep([c for configs in ablations.values() for c in configs], progress=False, executor=executor)
 print(f"{len(results)} runs: {sum(not r.skipped for r in results)} trained now, "
       f"{sum(r.skipped for r in results)} loaded from their result files")
 
 # %% tags=["hide-input"]
 def runs_of(configs):
     """Per-epoch records of ``configs`` (from their result files) with their hyper-parameters as columns."""
-    df = load_runs(configs)
-    hp = pd.DataFrame([json.loads(h) for h in df["hparams"]], index=df.index)
-    df = df.join(hp[[k for k in ("local_iters", "gamma", "inner") if k in hp]].rename(columns=lambda k: f"hp_{k}"))
-    df["lr_inner"] = hp["lr"]
-    df["variant"] = df["optimizer"].map(VARIANTS)
-    return df
+    return report.ablation_runs(load_runs(configs), VARIANTS)
 
 
-def final(df, by):
-    """Last epoch of each run, averaged over seeds, with the mean time per training epoch."""
-    last = df.sort_values("epoch").groupby("run_id").tail(1)
-    per_epoch = df[df["epoch"] > 0].groupby("run_id")["epoch_time"].mean().rename("s / epoch")
-    last = last.join(per_epoch, on="run_id")
-    out = last.groupby(by, as_index=False).agg(
-        final_train_loss=("train_loss", "mean"), final_test_loss=("test_loss", "mean"),
-        s_per_epoch=("s / epoch", "mean"), epochs=("epoch", "max"), diverged=("status", lambda s: int((s == "diverged").sum())),
-    )
-    return out
-
-
-def show(table):
-    """Losses to 4 significant digits, times to 3 (a regression-checked table)."""
-    table = table.copy()
-    for col in ("final_train_loss", "final_test_loss"):
-        table[col] = table[col].map(lambda v: f"{v:.4g}")
-    table["s_per_epoch"] = table["s_per_epoch"].map(lambda v: f"{v:.3g}")
-    return table.rename(columns={"final_train_loss": "final train loss", "final_test_loss": "final test loss",
-                                 "s_per_epoch": "s / epoch"})
+final, show = report.final_by, report.shown
 
 
 # %% [markdown]
@@ -169,6 +177,8 @@ def show(table):
 # %% tags=["hide-input"]
 t_runs = runs_of(ablations["local iterations T"])
 t_final = final(t_runs, ["variant", "hp_local_iters"])
+m_final = t_final[t_final["variant"] == "LocoProp-M"]
+glue("best_local_iters_m", str(int(m_final.loc[m_final["final_train_loss"].idxmin(), "hp_local_iters"])), display=False)
 t_same = final(runs_of(ablations["local iterations T, same total step"]), ["variant", "hp_local_iters"])
 both = pd.concat([t_final.assign(ν="fixed ν"), t_same.assign(ν="ν·Σ fixed")])
 fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
@@ -177,10 +187,10 @@ sns.lineplot(data=both, x="hp_local_iters", y="final_train_loss", hue="variant",
 sns.lineplot(data=t_runs[t_runs["variant"] == "LocoProp-M"], x="epoch", y="train_loss", hue="hp_local_iters",
              palette="viridis", ax=axes[1], errorbar=None, legend="full")
 log_x_axis(axes[0], LOCAL_ITERS)
-axes[0].set(xlabel="local iterations $T$", ylabel="final train loss (nats / image)", title="final train loss")
+axes[0].set(xlabel="local iterations $T$ (log scale)", ylabel="final train loss (nats / image)", title="final train loss")
 axes[0].legend(title=None)
 log_loss_axis(axes[1])
-axes[1].set(xlabel="epoch", ylabel="train loss (nats / image)", title="LocoProp-M, train loss per epoch")
+axes[1].set(xlabel="epoch", ylabel="train loss (nats / image, log scale)", title="LocoProp-M, train loss per epoch")
 axes[1].legend(title="$T$", fontsize="small")
 fig.tight_layout()
 plt.show()
@@ -197,7 +207,7 @@ plt.show()
 # per epoch is in the table below).
 
 # %% tags=["hide-input"]
-show(both.rename(columns={"hp_local_iters": "T"}).set_index(["variant", "ν", "T"]).sort_index())
+report.corner(show(both.rename(columns={"hp_local_iters": "T"}).set_index(["variant", "ν", "T"]).sort_index()))
 
 # %% [markdown]
 # ## 2. Activation learning rate $\gamma$
@@ -205,11 +215,13 @@ show(both.rename(columns={"hp_local_iters": "T"}).set_index(["variant", "ν", "T
 # %% tags=["hide-input"]
 g_runs = runs_of(ablations["activation learning rate γ"])
 g_final = final(g_runs, ["variant", "hp_gamma"])
+gm_final = g_final[g_final["variant"] == "LocoProp-M"]
+glue("best_gamma_m", f"{gm_final.loc[gm_final['final_train_loss'].idxmin(), 'hp_gamma']:g}", display=False)
 fig, ax = plt.subplots(figsize=(6, 4))
 sns.lineplot(data=g_final, x="hp_gamma", y="final_train_loss", hue="variant", marker="o", ax=ax,
              palette=VARIANT_COLORS)
 log_x_axis(ax, GAMMAS)
-ax.set(xlabel="activation learning rate $\\gamma$", ylabel="final train loss (nats / image)",
+ax.set(xlabel="activation learning rate $\\gamma$ (log scale)", ylabel="final train loss (nats / image)",
        title="final train loss against $\\gamma$")
 ax.legend(title=None)
 fig.tight_layout()
@@ -223,7 +235,7 @@ plt.show()
 # also through the saturation of the transfer functions.
 
 # %% tags=["hide-input"]
-show(g_final.rename(columns={"hp_gamma": "γ"}).set_index(["variant", "γ"]))
+report.corner(show(g_final.rename(columns={"hp_gamma": "γ"}).set_index(["variant", "γ"])))
 
 # %% [markdown]
 # ## 3. Inner optimizer of LocoProp-M
@@ -232,6 +244,7 @@ show(g_final.rename(columns={"hp_gamma": "γ"}).set_index(["variant", "γ"]))
 i_runs = runs_of(ablations["inner optimizer"])
 i_runs["inner optimizer"] = i_runs["hp_inner"].map(INNER_LABELS)
 i_final = final(i_runs, ["inner optimizer", "lr_inner"])
+glue("best_inner", str(i_final.loc[i_final["final_train_loss"].idxmin(), "inner optimizer"]), display=False)
 best_lr = i_final.loc[i_final.groupby("inner optimizer")["final_train_loss"].idxmin(), ["inner optimizer", "lr_inner"]]
 best_runs = i_runs.merge(best_lr, on=["inner optimizer", "lr_inner"])
 fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -239,13 +252,13 @@ sns.lineplot(data=i_final, x="lr_inner", y="final_train_loss", hue="inner optimi
              palette=INNER_COLORS)
 sns.lineplot(data=best_runs, x="epoch", y="train_loss", hue="inner optimizer", ax=axes[1], errorbar=None,
              palette=INNER_COLORS)
-axes[0].set(xscale="log", xlabel="inner learning rate $\\nu$", ylabel="final train loss (nats / image)",
+axes[0].set(xscale="log", xlabel="inner learning rate $\\nu$ (log scale)", ylabel="final train loss (nats / image, log scale)",
             title="final train loss against $\\nu$")
 log_loss_axis(axes[0])
 # A diverged run (see the table) would squash the curves: cap the axis at twice the initial loss.
 axes[0].set_ylim(top=min(axes[0].get_ylim()[1], 2 * i_runs.loc[i_runs["epoch"] == 0, "train_loss"].max()))
 log_loss_axis(axes[1])
-axes[1].set(xlabel="epoch", ylabel="train loss (nats / image)", title="best $\\nu$ of each, per epoch")
+axes[1].set(xlabel="epoch", ylabel="train loss (nats / image, log scale)", title="best $\\nu$ of each, per epoch")
 for ax in axes:
     ax.legend(title=None, fontsize="small")
 fig.tight_layout()
@@ -261,7 +274,7 @@ plt.show()
 # small, to keep the ablation cheap.
 
 # %% tags=["hide-input"]
-show(i_final.rename(columns={"lr_inner": "ν"}).set_index(["inner optimizer", "ν"]))
+report.corner(show(i_final.rename(columns={"lr_inner": "ν"}).set_index(["inner optimizer", "ν"])))
 
 # %% [markdown]
 # ## 4. Precision: bfloat16 against float32, at the paper's scale
@@ -280,45 +293,21 @@ from locoprop.experiments.bf16_check import CHECK, TOLERANCE, check_configs
 check_dataset = dataset if profile == "paper" else "fashion-mnist"
 configs = check_configs(check_dataset, device=device if profile == "paper" else "cpu", results_dir=results_dir)
 if profile == "paper":
-    sweep(configs, progress=False)
+    sweep(configs, progress=False, executor=executor)
 check = load_runs(configs)
 if check.empty:
+    glue("bf16_max_difference", "not measured yet", display=False)
     print("no precision-check runs yet: `python -m locoprop sweep --tuned --profile paper --dataset fashion-mnist "
           f"--optimizer ... --epochs {CHECK['epochs']} --warmup-epochs {CHECK['warmup_epochs']} --grid precision=fp32,bf16`")
 else:
-    last = check.sort_values("epoch").groupby("run_id").tail(1)
-    table = last.pivot_table(index="optimizer", columns="precision", values="train_loss")
-    table.index = table.index.map(LABELS)
-    rel = (table["bf16"] - table["fp32"]) / table["fp32"]
-    display(pd.DataFrame({
-        "fp32 final train loss": table["fp32"].map(lambda v: f"{v:.3f}"),
-        "bf16 final train loss": table["bf16"].map(lambda v: f"{v:.3f}"),
-        "relative difference": rel.map(lambda v: f"{v:+.3%}"),
-        f"within {TOLERANCE:.1%}": rel.abs().map(lambda v: "yes" if v <= TOLERANCE else "no"),
-    }))
+    table, rel, lines = report.precision_check(check, TOLERANCE)
+    glue("bf16_max_difference", f"{rel.abs().max():.2%}", display=False)
+    display(table)
     missing = "" if len(table) == len(OPTIMIZERS) else \
-        "; an optimizer missing from the table has not been checked yet (its tuning is not finished)"
+        ("; an optimizer missing from the table has no check runs yet at its tuned setting and the current "
+         "revision of its arithmetic (`locoprop.optim.REVISIONS`)")
     display(Markdown(f"Seed {CHECK['seed']}, one run per precision, on {', '.join(sorted(set(check['device'])))}"
                      f"{missing}."))
-    within = [name for name, v in rel.items() if abs(v) <= TOLERANCE]
-    outside = [name for name, v in rel.items() if abs(v) > TOLERANCE]
-    lines = [f"**bfloat16 is offered for** {', '.join(within) or 'none'}; **not for** {', '.join(outside) or 'none'}."]
-
-    def biggest_rise(curve):
-        """(epoch before, loss before, loss after) of the largest one-epoch rise of a training curve."""
-        losses = curve.sort_values("epoch")["train_loss"].to_numpy()
-        k = int((losses[1:] - losses[:-1]).argmax())
-        return k, losses[k], losses[k + 1]
-
-    for label in outside:  # a bf16 curve that rose (by more than 1% in an epoch) where the fp32 one did not
-        name = {v: k for k, v in LABELS.items()}[label]
-        curves = {p: c for p, c in check[(check["optimizer"] == name) & (check["epoch"] > 0)].groupby("precision")}
-        (k, before, after), (_, b32, a32) = biggest_rise(curves["bf16"]), biggest_rise(curves["fp32"])
-        if after > 1.01 * before and a32 <= 1.01 * b32:
-            lines.append(f"The bfloat16 run of {label} rose from {before:.1f} after epoch {k + 1} to {after:.1f} after "
-                         f"epoch {k + 2} and ended at {table.loc[label, 'bf16']:.1f}, while the float32 run did not rise "
-                         f"by 1% in any epoch: at its tuned learning rate the method is near the edge of stability, and "
-                         f"the other rounding tipped it over.")
     display(Markdown("\n\n".join(lines)))
 
 # %% [markdown]
@@ -332,24 +321,12 @@ else:
 
 # %% tags=["hide-input"]
 bench_root = (Path(results_dir) if results_dir else default_results_dir()) / "bench"
-both = None
-for path in sorted(bench_root.glob("*.json")):  # file names sort by time: the last one wins
-    report = json.loads(path.read_text())
-    if {"fp32", "bf16"} <= {row.get("precision", "fp32") for row in report["rows"]} \
-            and not report["settings"].get("tuned"):
-        both = report
+both = bench_report(bench_root, tuned=False, precisions=("fp32", "bf16"))
 if both is None:
     print("no benchmark report with both precisions yet: `python -m locoprop bench --device cpu`")
 else:
-    rows = pd.DataFrame(both["rows"])
-    rows["label"] = [LABELS[o] + label[len(o):] for o, label in zip(rows["optimizer"], rows["label"])]
-    speed = rows.pivot_table(index="label", columns="precision", values="step_ms", sort=False)
     ceilings = both["matmul_ceilings_tflops"]
-    display(pd.DataFrame({
-        "float32 ms / step": speed["fp32"].map(lambda v: f"{v:.0f}"),
-        "bfloat16 ms / step": speed["bf16"].map(lambda v: f"{v:.0f}"),
-        "speed-up": (speed["fp32"] / speed["bf16"]).map(lambda v: f"{v:.2f}×"),
-    }).rename_axis("optimizer (paper protocol, batch 1000)"))
+    display(report.precision_speed(both))
     prov = both["provenance"]
     display(Markdown(
         f"Measured by `python -m locoprop bench` on {prov['device_name']}, torch {prov['versions']['torch']}, "

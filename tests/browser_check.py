@@ -7,7 +7,8 @@
 * :func:`page_refs` lists the local ``href``/``src`` references of an HTML file, and :func:`http_get`
   requests them;
 * :func:`math_layout` loads a page at given window widths (in an iframe of a probe page that
-  :func:`install_math_probe` writes into the site) and reports every equation that is cut off.
+  :func:`install_math_probe` writes into the site) and reports every equation that is cut off,
+  every table wider than the text column and every block of code that is clipped.
 
 Only the standard library is used.  Debian: ``apt-get install chromium``.
 """
@@ -209,7 +210,8 @@ async function measure(page, width) {
   const inScroller = el => { for (let a = el.parentElement; a && a !== d.body; a = a.parentElement)
                                if (scrollsX(a)) return true; return false; };
   const out = {width, viewport: w.innerWidth, page_width: d.documentElement.scrollWidth, n_math: 0,
-               clipped: [], off_page: [], scrolled: [], page_overflow: []};
+               clipped: [], off_page: [], scrolled: [], page_overflow: [],
+               n_tables: 0, wide_tables: [], n_code: 0, clipped_code: [], scrolled_code: []};
   for (const el of d.querySelectorAll("mjx-container")) {
     out.n_math++;
     const display = el.getAttribute("display") === "true";
@@ -227,6 +229,30 @@ async function measure(page, width) {
     }
     if (rect.right > w.innerWidth + 1 && !inScroller(el))
       out.off_page.push({...info, past: Math.round(rect.right - w.innerWidth)});
+  }
+  // Tables: the box that holds a table (the table itself, or the nearest ancestor that scrolls
+  // sideways) must end inside the text column.  Code: a block whose content is wider than the block
+  // must scroll (and code blocks should wrap instead, so a scrolling <pre> is reported too).
+  const article = d.querySelector("article.bd-article") || d.querySelector("main") || d.body;
+  const column = article.getBoundingClientRect().right - parseFloat(w.getComputedStyle(article).paddingRight || "0");
+  const scroller = el => { for (let a = el; a && a !== article; a = a.parentElement) if (scrollsX(a)) return a;
+                           return null; };
+  const snippet = el => (el.textContent || "").trim().replace(/\\s+/g, " ").slice(0, 70);
+  for (const table of article.querySelectorAll("table")) {
+    if (!table.getClientRects().length) continue;  // inside a collapsed block
+    out.n_tables++;
+    const over = (scroller(table) || table).getBoundingClientRect().right - column;
+    if (over > 1) out.wide_tables.push({text: snippet(table), over: Math.round(over)});
+  }
+  const code = "pre, div.highlight, div.cell_input, div.cell_output, div.output, div.pasted-block, code.literal";
+  for (const el of article.querySelectorAll(code)) {
+    if (!el.clientWidth) continue;  // collapsed, or an inline element
+    out.n_code++;
+    const over = el.scrollWidth - el.clientWidth;
+    if (over <= 1) continue;
+    const info = {tag: el.tagName.toLowerCase(), cls: String(el.className).slice(0, 50), text: snippet(el), over};
+    if (!scrollsX(el)) out.clipped_code.push({...info, overflow: w.getComputedStyle(el).overflowX});
+    else if (el.tagName === "PRE") out.scrolled_code.push(info);
   }
   if (d.documentElement.scrollWidth > w.innerWidth + 1) {
     for (const el of d.body.querySelectorAll("*")) {
@@ -268,7 +294,11 @@ def math_layout(
     wider than its box, hence cut), ``off_page`` (math past the window edge with no sideways-scrolling
     box around it), ``scrolled`` (display equations that fit only by scrolling their own box),
     ``page_overflow`` (elements that make the whole page scroll sideways), ``n_math`` and
-    ``page_width``/``viewport`` in CSS pixels.
+    ``page_width``/``viewport`` in CSS pixels; and, for tables and code, ``wide_tables`` (a table
+    whose box, or the sideways-scrolling box around it, ends past the text column), ``clipped_code``
+    (a code block, code cell, output or inline code whose content is wider than its box while the
+    box does not scroll: cut off, or spilling over its neighbours), ``scrolled_code`` (a ``<pre>``
+    that scrolls sideways instead of wrapping), ``n_tables`` and ``n_code``.
     """
     url = f"{base_url}{MATH_PROBE}?widths={','.join(map(str, widths))}&page=/{page}"
     dom = dump_dom(chromium, url, profile_dir, budget_ms=budget_ms, timeout=timeout)

@@ -64,6 +64,16 @@ def test_cli_writes_a_json_report(tmp_path, capsys):
     assert "x RMSProp" in capsys.readouterr().out
 
 
+def test_every_bench_run_writes_a_new_report(tmp_path, monkeypatch):
+    """Two runs within the same second (the time stamp of the file name) still give two files."""
+    monkeypatch.setattr(bench.time, "strftime", lambda *_: "20260101T000000")
+    args = ["--device", "cpu", "--epochs", "1", "--warmup-epochs", "0", "--steps-per-epoch", "1",
+            "--optimizer", "sgd", "--precision", "fp32", "--quiet", "--results-dir", str(tmp_path)]
+    bench.main(args)
+    bench.main(args)
+    assert len(list((tmp_path / "bench").glob("*.json"))) == 2
+
+
 def test_tuned_without_finished_tuning_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         bench.main(["--tuned", "--device", "cpu", "--results-dir", str(tmp_path), "--no-save"])

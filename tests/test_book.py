@@ -6,7 +6,8 @@ their executed ``.ipynb`` files and the figures they wrote (``book/figures/``) m
 as they do in a checkout.  The browser checks serve the built site on 127.0.0.1 and load every page
 in headless Chromium with the network blocked; they are skipped when Chromium is not installed.
 Every chapter page is also laid out at a desktop width (1400 px) and a phone width (420 px), and no
-equation may be cut off at either (see ``browser_check.math_layout``).
+equation, table or code block may be cut off at either (see ``browser_check.math_layout``).  The
+numerical checks of the exercises page are run here too, so that its numbers stay true.
 """
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ _spec.loader.exec_module(bc)
 HEADLINE_FIGURE = "book/figures/headline.png"
 GLUE_KEYS = ("headline_dataset", "headline_profile", "headline_best_locoprop", "headline_best_first_order")
 BUILD_TIMEOUT = 1800
-REPOSITORY_URL = "https://github.com/locoprop-companion/locoprop-companion"
+#: A repository address that nothing confirms; no page, button or citation file may name it.
+UNCONFIRMED_REPOSITORY = "github.com/locoprop-companion"
+EXERCISES = ROOT / "book" / "exercises.md"
 #: Window widths (CSS pixels) at which the math of every page is checked: a desktop and a phone.
 WIDE, NARROW = 1400, 420
 #: Notebook pages with hidden boilerplate, a "Run it yourself" box and both downloads (.py, .ipynb).
@@ -107,6 +110,8 @@ def test_pages_have_no_unresolved_roles(pages):
         text = re.sub(r"<[^>]+>", " ", page.read_text(encoding="utf-8"))
         for marker in ("{eq}", "{prf:ref}", "{cite", "{glue", "{doc}", "{numref}"):
             assert marker not in text, f"{page.name}: unresolved {marker}"
+        substitution = re.search(r"\{\{\s*\w+\s*\}\}", text)  # a MyST substitution left as typed
+        assert not substitution, f"{page.name}: unresolved substitution {substitution.group(0)}"
 
 
 def test_no_table_cell_is_cut_short(pages):
@@ -193,7 +198,8 @@ def test_screenshots(site, server, chromium, tmp_path_factory):
     at a desktop and a phone width, for a human to look at (path printed)."""
     out = tmp_path_factory.mktemp("screenshots")
     profile = tmp_path_factory.mktemp("chromium-shots")
-    pages = ["book/index", "book/method", "book/baselines"] + [f"notebooks/{n}" for n in NOTEBOOKS_WITH_DOWNLOADS]
+    pages = (["book/index", "book/method", "book/baselines", "book/exercises", "book/notation", "book/status"]
+             + [f"notebooks/{n}" for n in NOTEBOOKS_WITH_DOWNLOADS])
     for page in pages:
         for width in (WIDE, NARROW):
             name = f"{page.replace('/', '_')}_{width}.png"
@@ -237,18 +243,112 @@ def test_no_equation_is_cut_off(math_layouts):
     assert not failures, "\n".join(failures)
 
 
+def test_no_table_or_code_is_cut_off(math_layouts):
+    """At both widths every table fits its text column or scrolls inside it, and no code block, code
+    cell, output or inline code is wider than its box unless the box scrolls; code blocks wrap."""
+    failures = []
+    for page, layouts in math_layouts.items():
+        for layout in layouts:
+            where = f"{page} at {layout['width']} px"
+            for item in layout["wide_tables"]:
+                failures.append(f"{where}: table {item['over']} px wider than the column: {item['text']}")
+            for item in layout["clipped_code"]:
+                failures.append(f"{where}: {item['tag']}.{item['cls']} cut off by {item['over']} px "
+                                f"(overflow {item['overflow']}): {item['text']}")
+            for item in layout["scrolled_code"]:
+                failures.append(f"{where}: code scrolls {item['over']} px instead of wrapping: {item['text']}")
+    assert not failures, "\n".join(failures)
+    status = math_layouts["book/status.html"]
+    assert all(layout["n_tables"] >= 2 for layout in status), "the status page's tables were not measured"
+
+
 def test_math_is_laid_out_at_both_widths(math_layouts):
     for layouts in (math_layouts["book/method.html"], math_layouts["book/baselines.html"]):
         assert [layout["width"] for layout in layouts] == [WIDE, NARROW]
         assert all(layout["viewport"] == layout["width"] and layout["n_math"] > 50 for layout in layouts)
 
 
-def test_repository_and_issue_buttons(site):
+def test_no_unconfirmed_repository_is_named(site):
+    """No public repository is confirmed, so no page, button or citation names one (not even Jupyter
+    Book's default, its own repository)."""
+    for page in _html_files(site):
+        html = page.read_text(encoding="utf-8")
+        for address in (UNCONFIRMED_REPOSITORY, "github.com/executablebooks/jupyter-book"):
+            assert address not in html, f"{page.relative_to(site)} names {address}"
     html = (site / "book" / "index.html").read_text(encoding="utf-8")
-    assert f'href="{REPOSITORY_URL}"' in html, "no repository button"
-    assert f"{REPOSITORY_URL}/issues/new" in html, "no issue button"
+    assert "issues/new" not in html and "btn-source-repository" not in html, "repository or issue button"
     cff = (ROOT / "CITATION.cff").read_text(encoding="utf-8")
-    assert REPOSITORY_URL in cff, "CITATION.cff names another repository than the book's buttons"
+    assert UNCONFIRMED_REPOSITORY not in cff and "repository-code" not in cff
+
+
+def test_footer_gives_build_date_and_commit(site):
+    for name in ("book/index.html", "book/method.html", "notebooks/01_local_losses.html"):
+        html = (site / name).read_text(encoding="utf-8")
+        match = re.search(r"Built on (\d{4}-\d{2}-\d{2}) from commit <code>([0-9a-f]{7,40}|unknown)</code>", html)
+        assert match, f"{name}: no build date and commit in the footer"
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        head = "unknown"
+    assert match.group(2) == head
+
+
+def test_no_general_index_and_no_raw_proof_labels(site):
+    """The general index (empty) and sphinx-proof's index (raw labels) are not built; the notation
+    page lists the results by number and title instead."""
+    assert not (site / "genindex.html").exists() and not (site / "prf-prf.html").exists()
+    for page in _html_files(site):
+        html = page.read_text(encoding="utf-8")
+        assert "genindex.html" not in html and "prf-prf.html" not in html, f"{page.relative_to(site)} links an index"
+    text = re.sub(r"<[^>]+>", " ", (site / "book" / "notation.html").read_text(encoding="utf-8"))
+    for title in ("Theorem 2 (First local step equals BackProp)", "Proposition 1 (Implicit damping)",
+                  "Algorithm 1 (LocoProp (one outer step))"):
+        assert title in re.sub(r"\s+", " ", text), f"the list of results lacks {title!r}"
+
+
+def test_status_page_has_one_row_per_notebook(site):
+    import json
+
+    html = (site / "book" / "status.html").read_text(encoding="utf-8")
+    table = re.search(r'<table[^>]*execution-status.*?</table>', html, re.S)
+    assert table, "no execution-status table"
+    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", table.group(0), re.S)[1:]
+    notebooks = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
+    assert len(rows) == len(notebooks) > 0
+    for row, path in zip(rows, notebooks):
+        cells = [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+        meta = json.loads(path.read_text(encoding="utf-8"))["metadata"]["papermill"]
+        assert cells[0] == path.stem and cells[1] == meta["parameters"]["profile"] and "executor" not in cells[2]
+        assert cells[3].startswith(meta["start_time"][:10]) and cells[5] in ("yes", "no")
+
+
+def test_bibliography_labels_are_plain_text_in_order(site):
+    html = (site / "book" / "bibliography.html").read_text(encoding="utf-8")
+    labels = [re.sub(r"<[^>]+>", "", label) for label in
+              re.findall(r'<span class="label"><span class="fn-bracket">\[</span>(.*?)<span class="fn-bracket">', html)]
+    assert labels and not any("{" in label or "\\" in label for label in labels), labels
+    assert "von Rütte 2023" in labels
+    surnames = [re.sub(r"^von ", "", label).split()[0].replace("ü", "u").casefold() for label in labels]
+    assert surnames == sorted(surnames), labels
+
+
+def _exercise_checks() -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```$", EXERCISES.read_text(encoding="utf-8"), re.S | re.M)
+
+
+def test_every_exercise_has_a_check():
+    sections = re.findall(r"^## ", EXERCISES.read_text(encoding="utf-8"), re.M)
+    assert len(_exercise_checks()) == len(sections) > 0
+
+
+@pytest.mark.parametrize("number", range(len(_exercise_checks())))
+def test_exercise_check_holds(number):
+    """Each exercise's check runs in a fresh interpreter from the repository root and must not fail."""
+    code = _exercise_checks()[number]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          check=False)
+    assert proc.returncode == 0, f"check {number + 1} of book/exercises.md failed:\n{proc.stdout}\n{proc.stderr[-3000:]}"
 
 
 def test_how_to_cite_gives_bibtex_and_citation_file(site, server):
@@ -275,6 +375,8 @@ def test_notebook_page_offers_downloads_and_hides_boilerplate(site, server, name
             assert body == (ROOT / "notebooks" / f"{name}.py").read_bytes()
     text = re.sub(r"<[^>]+>", "", html)
     assert "Run it yourself" in text and f"--notebook {name}" in text
+    # the header box: what it needs, how long it runs, what it found, what comes next
+    assert "At a glance" in text and all(word in text for word in ("Needs", "Runs", "Finds", "Next"))
     # the papermill "parameters" cell is removed (the injected one shows the values used); imports,
     # helpers and plotting code are collapsed
     assert "tag_parameters" not in html

@@ -129,6 +129,21 @@ def test_version_and_defaults_in_help(capsys):
     assert "(default: smoke)" in out and "(default: 0)" in out and "example: python -m locoprop sweep" in out
 
 
+@pytest.mark.parametrize("command", ["run", "sweep", "tune", "results", "bench", "reproduce"])
+def test_every_subcommand_has_an_example_and_spells_optimizer_alike(command, capsys):
+    """Each subcommand's help ends with an example of itself; those that take optimizers call the option
+    ``--optimizer`` (never ``--optimizers``), and every default that is a value is shown."""
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # help wraps lines
+    assert info.value.code == 0 and f"example: python -m locoprop {command}" in out
+    assert "--optimizers" not in out
+    if command in ("run", "sweep", "tune", "bench"):
+        assert "--optimizer" in out
+    if command in ("sweep", "tune", "bench", "reproduce"):
+        assert "(default: " in out
+
+
 def test_tune_prints_its_plan_and_a_dry_run_trains_nothing(tmp_path, capsys):
     code = main(["tune", "--optimizer", "sgd,adam", "--finalists", "--seeds", "0,1", "--dry-run",
                  "--results-dir", str(tmp_path)])
@@ -139,8 +154,9 @@ def test_tune_prints_its_plan_and_a_dry_run_trains_nothing(tmp_path, capsys):
     assert "then seeds 1 (10 epochs): 48 epochs" in out and "estimated time" in out
 
 
-def test_tune_refuses_epochs_that_the_short_trials_would_ignore(capsys):
-    code = main(["tune", "--search", "short", "--profile", "paper", "--optimizer", "sgd", "--epochs", "3", "--dry-run"])
+@pytest.mark.parametrize("option", ["--epochs", "--warmup-epochs"])
+def test_tune_refuses_epochs_that_the_short_trials_would_ignore(option, capsys):
+    code = main(["tune", "--search", "short", "--profile", "paper", "--optimizer", "sgd", option, "3", "--dry-run"])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "do not apply to the short search" in err
 

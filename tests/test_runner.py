@@ -77,6 +77,17 @@ def test_divergence_is_recorded_and_a_sweep_goes_on(tmp_path):
     assert stored["status"] == "diverged" and stored["diverged_epoch"] == 1
 
 
+@pytest.mark.parametrize("hparams", [{"lr": 1e38}, {"weight_decay": 1e30}])
+def test_a_diverging_kfac_setting_is_recorded_and_the_sweep_goes_on(tmp_path, hparams):
+    """Non-finite statistics (the sampled Fisher's Bernoulli probabilities among them) end the run as a
+    divergence instead of an exception, and the next configuration still trains."""
+    exploding = RunConfig(optimizer="kfac", hparams=hparams, epochs=2, results_dir=str(tmp_path))  # 15 steps an epoch
+    fine = tiny(tmp_path, "kfac")
+    first, second = sweep([exploding, fine], progress=False)
+    assert first.status == "diverged" and first.diverged_epoch is not None
+    assert second.status == "completed" and len(second.records) == 4
+
+
 def test_finished_runs_are_skipped(tmp_path, monkeypatch):
     configs = grid(tiny(tmp_path, "adam", epochs=2), lr=[1e-3, 1e-2])
     first = sweep(configs, progress=False)

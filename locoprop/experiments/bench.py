@@ -39,6 +39,7 @@ import argparse
 import dataclasses
 import sys
 import gc
+import itertools
 import json
 import statistics
 import time
@@ -400,7 +401,12 @@ def _report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
     if not args.no_save:
         root = Path(args.results_dir) if args.results_dir else default_results_dir()
         slug = "".join(ch if ch.isalnum() else "-" for ch in info["device_name"]).strip("-").lower()
-        path = root / "bench" / f"{slug}-{time.strftime('%Y%m%dT%H%M%S')}.json"
+        stem = f"{slug}-{time.strftime('%Y%m%dT%H%M%S')}"
+        path = root / "bench" / f"{stem}.json"
+        for n in itertools.count(2):  # a report of the same second is never overwritten
+            if not path.exists():
+                break
+            path = root / "bench" / f"{stem}-{n}.json"
         atomic_write_text(path, json.dumps(report, indent=1))
         print(f"wrote {path}")
     return report

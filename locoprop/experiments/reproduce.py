@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -199,6 +200,12 @@ def _without_timing(path: Path) -> dict | None:
     return doc
 
 
+def _declares(nb, name: str) -> bool:
+    """Whether the notebook's ``parameters`` cell assigns ``name`` (papermill warns about any other)."""
+    return any("parameters" in cell.metadata.get("tags", []) and re.search(rf"^{name}\s*[:=]", cell.source, re.M)
+               for cell in nb.cells if cell.cell_type == "code")
+
+
 def execute(
     name: str,
     parameters: dict,
@@ -233,7 +240,7 @@ def execute(
         papermill.execute_notebook(
             nb,
             str(partial),
-            parameters={**parameters, "executor": executor},
+            parameters={**parameters, **({"executor": executor} if _declares(nb, "executor") else {})},
             kernel_name=kernel_name,
             cwd=str(source.parent),
             progress_bar=progress_bar,
@@ -288,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = Parser(
         prog="python -m locoprop reproduce",
         description="Execute the companion's notebooks with papermill (notebooks/NAME.py -> NAME.ipynb).",
+        epilog="example: python -m locoprop reproduce --profile smoke --notebook 03",
     )
     parser.add_argument("--profile", choices=PROFILES, default="smoke",
                         help="smoke: CPU, digits, minutes; paper: the paper's protocol (GPU advised)")

@@ -135,7 +135,7 @@ if device == "cpu":
 
 # The analysis: one batch of the profile's size, the dataset's autoencoder (as the benchmark
 # trains it), its third linear layer (index 2; the tables count layers from 1, as the book does),
-# the paper's gamma.  The proximity weight eta is set relative to the largest eigenvalue of the
+# the paper's gamma.  The eta of the proximal term (weight 1/(2 eta)) is set relative to the largest eigenvalue of the
 # layer's input second moment (1/eta = damping * lambda_max), and the local step is
 # nu = 1 / lambda_max(C), so that local gradient descent converges.
 settings = dict(sizes=DEFAULT_SIZES[dataset], batch_size=PROFILES[profile].batch_size, layer=2, max_steps=1000)

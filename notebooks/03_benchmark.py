@@ -54,9 +54,9 @@
 #   loss floor and the reference values, the dataset files where they can be read.
 # * **Runs** in {{ exec_03_benchmark_duration }} (its last execution, at the
 #   {{ exec_03_benchmark_profile }} profile; see {doc}`../book/status`).
-# * **Finds** a final training loss of {glue:text}`headline_best_locoprop` for LocoProp-M against
-#   {glue:text}`headline_best_first_order` for the best first-order method and
-#   {glue:text}`headline_second_order` for K-FAC and Shampoo; per epoch LocoProp-M costs
+# * **Finds** final training losses of {glue:text}`headline_best_locoprop` for LocoProp-M; for the
+#   best first-order method, {glue:text}`headline_best_first_order`; for the second-order baselines,
+#   {glue:text}`headline_second_order`. Per epoch LocoProp-M costs
 #   {glue:text}`cost_m_over_kfac` times K-FAC and {glue:text}`cost_m_over_shampoo` times Shampoo on
 #   this CPU. The claims table gives the verdicts and how many seeds they rest on.
 # * **Next**: {doc}`04_ablations` varies LocoProp's own knobs one at a time.
@@ -332,6 +332,8 @@ if have_paper:
 # %% tags=["hide-input"]
 if have_paper:
     display(report.corner(report.finals_table(runs, per_epoch, BENCH, settings).rename_axis("optimizer")))
+    if ties := report.ties_text(runs):
+        display(Markdown(ties))
     display(Markdown(f"Hardware: {HARDWARE}; {PRECISION}; time per epoch: {TIME_SOURCE}."))
     if rose := report.rose_text(runs):
         display(Markdown(rose))
@@ -350,8 +352,9 @@ if have_paper:
 if have_paper:
     spike_table = report.spikes(runs)
     glue("spike_summary", "; ".join(
-        f"{row['optimizer']} (seed {row['seed']}): {row['rise']} at epoch {row['peak at epoch']}, back below by "
-        f"epoch {row['back below at epoch'] or 'never'}" for _, row in spike_table.iterrows()) or "none", display=False)
+        f"{row['optimizer']} (seed {row['seed']}): {row['rise']} at epoch {row['peak at epoch']}, "
+        + (f"back below by epoch {row['back below at epoch']}" if row['back below at epoch'] else "not back below by the end")
+        for _, row in spike_table.iterrows()) or "none", display=False)
     display(report.corner(spike_table.set_index("optimizer")) if not spike_table.empty
             else Markdown("No run rose more than 5 % above its lowest loss."))
 else:
@@ -427,7 +430,7 @@ if BENCH is not None:
             "while other work ran on this machine, so their totals exceed epochs × their median epoch by up to "
             f"{excess.max():.0f} s."))
     plan = protocol_plan(BENCH).set_index("part")  # the protocol's jobs and CPU-hours, from the measured costs
-    glue("cluster_plan", plan, display=False)
+    glue("cluster_plan", report.corner(plan), display=False)
     threads = int(prov.get("threads") or 1)
     estimates.update({
         "paper_hours_halving": plan.loc[plan.index.str.startswith("halving"), "CPU-hours"].sum() / threads,
@@ -532,7 +535,7 @@ if have_paper:
     claims = verdicts(last.assign(optimizer=last["optimizer"].astype(str).map(package)), FLOOR, devices)
 else:
     claims = pd.DataFrame([{"claim": "all", "evidence": "no paper-scale results yet", "verdict": "not measured here"}])
-claims_table = claims.set_index("claim")
+claims_table = report.corner(claims.set_index("claim"))
 glue("claims_table", claims_table, display=False)
 display(claims_table)
 if have_paper:
@@ -579,14 +582,14 @@ plt.show()
 # %% tags=["hide-input"]
 best = summary(smoke.assign(optimizer=smoke["optimizer"].astype(str)))
 best["order"] = best["optimizer"].map({label: i for i, label in enumerate(ORDER)})
-pd.DataFrame({
+report.corner(pd.DataFrame({
     "optimizer": best["optimizer"],
     "final train loss": best["final_train_loss"].map(lambda v: f"{v:.4g}"),
     "final test loss": best["final_test_loss"].map(lambda v: f"{v:.4g}"),
     "epochs": best["epochs"],
     "setting": best["hparams"].map(lambda h: ", ".join(f"{k}={v}" for k, v in json.loads(h).items())),
     "order": best["order"],
-}).sort_values("order").drop(columns="order").set_index("optimizer")
+}).sort_values("order").drop(columns="order").set_index("optimizer"))
 
 # %% [markdown]
 # Do the stored smoke results still reproduce? This cell re-trains LocoProp-S and LocoProp-M from

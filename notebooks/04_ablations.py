@@ -203,8 +203,9 @@ plt.show()
 # the local gradient. Solid lines keep $\nu$ fixed (the two effects confounded); dashed lines rescale
 # $\nu$ so that this sum stays that of $T = 10$, which isolates the effect of more local iterations
 # at the same total step. Right: LocoProp-M's training loss per epoch for each $T$ at fixed $\nu$.
-# Each step costs one forward and one backward pass plus $T$ local iterations per layer (the time
-# per epoch is in the table below).
+# Each step costs one forward and one backward pass plus $T$ local iterations per layer: about
+# $(3 + 2T)/(3 + 20)$ of a $T = 10$ step in matrix products (the benchmark page measures the cost of
+# each $T$ at paper scale on a quiet machine).
 
 # %% tags=["hide-input"]
 report.corner(show(both.rename(columns={"hp_local_iters": "T"}).set_index(["variant", "ν", "T"]).sort_index()))
@@ -302,7 +303,7 @@ if check.empty:
 else:
     table, rel, lines = report.precision_check(check, TOLERANCE)
     glue("bf16_max_difference", f"{rel.abs().max():.2%}", display=False)
-    display(table)
+    display(report.corner(table))
     missing = "" if len(table) == len(OPTIMIZERS) else \
         ("; an optimizer missing from the table has no check runs yet at its tuned setting and the current "
          "revision of its arithmetic (`locoprop.optim.REVISIONS`)")
@@ -326,7 +327,7 @@ if both is None:
     print("no benchmark report with both precisions yet: `python -m locoprop bench --device cpu`")
 else:
     ceilings = both["matmul_ceilings_tflops"]
-    display(report.precision_speed(both))
+    display(report.corner(report.precision_speed(both)))
     prov = both["provenance"]
     display(Markdown(
         f"Measured by `python -m locoprop bench` on {prov['device_name']}, torch {prov['versions']['torch']}, "

@@ -44,6 +44,17 @@ def test_finals_table_gives_mean_range_lowest_and_gap_in_the_books_order():
     assert loco["s / epoch"] == "50" and loco["setting"] == "lr=0.0001, gamma=10"
 
 
+def test_ties_text_tells_apart_finals_that_print_alike():
+    def run(name, loss):
+        return [{"run_id": name, "optimizer": name, "epoch": 0, "train_loss": 500.0},
+                {"run_id": name, "optimizer": name, "epoch": 100, "train_loss": loss}]
+    runs = pd.DataFrame(run("LocoProp-S", 200.543) + run("LocoProp-M", 200.5358) + run("Adam", 205.31))
+    text = report.ties_text(runs)
+    assert text.startswith("LocoProp-M and LocoProp-S both show 200.54: 200.536 and 200.543")
+    assert "Adam" not in text
+    assert report.ties_text(pd.DataFrame(run("Adam", 205.31) + run("SGD", 205.32))) == ""
+
+
 def test_rose_text_names_only_runs_that_ended_five_percent_above_their_lowest():
     assert report.rose_text(report.labelled(curves(SPEC))) == ""
     risen = {**SPEC, ("rmsprop", 0): [500, 256, 300, 900]}
@@ -188,3 +199,8 @@ def test_t_frontier_prices_the_epochs_to_each_target():
     assert table.loc[10, "epochs to target"] == "1" and table.loc[10, "seconds to target"] == "50"
     assert table.loc[1, "epochs to target"] == "3" and table.loc[1, "seconds to target"] == "24"
     assert table.loc[1, "ν"] == "0.00057" and table.loc[1, "final train loss"] == "240.00"
+
+
+def test_device_text_names_the_cpu_once():
+    assert report.device_text({"device": "cpu", "cpu": "AMD EPYC", "threads": 2}) == "AMD EPYC CPU, 2 threads"
+    assert report.device_text({"device": "cpu", "threads": 1}) == "CPU, 1 thread"

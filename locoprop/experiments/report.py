@@ -130,6 +130,20 @@ def finals_table(runs: pd.DataFrame, per_epoch: pd.Series, bench: dict | None,
     return table.reindex([o for o in ORDER if o in table.index])
 
 
+def ties_text(runs: pd.DataFrame) -> str:
+    """A note for the final-loss table: the optimizers whose mean final training losses print alike at two
+    decimals, with the three decimals that tell them apart ("" when none tie)."""
+    last = runs.sort_values("epoch").groupby("run_id", observed=True).tail(1)
+    final = last.groupby("optimizer", observed=True)["train_loss"].mean()
+    notes = []
+    for shown_value, group in final.groupby(final.map(lambda v: f"{v:.2f}")):
+        if len(group) > 1:
+            names = [str(n) for n in group.index]
+            notes.append(f"{', '.join(names[:-1])} and {names[-1]} {'both' if len(names) == 2 else 'all'} show {shown_value}: "
+                         f"{' and '.join(f'{v:.3f}' for v in group)} to three decimals, different runs that end level.")
+    return " ".join(notes)
+
+
 def rose_text(runs: pd.DataFrame) -> str:
     """The sentence naming the runs that ended more than 5% above their lowest loss (empty if none)."""
     last = runs.sort_values("epoch").groupby("run_id", observed=True).tail(1)
@@ -199,7 +213,8 @@ def device_text(provenance: Mapping[str, Any]) -> str:
     """The machine of a result, as a reader wants it: ``AMD EPYC CPU, 2 threads`` or the GPU's name."""
     if provenance.get("device", "cpu") == "cpu":
         n = provenance.get("threads")
-        return f"{provenance.get('cpu', 'CPU')} CPU" + (f", {n} thread{'s' if n != 1 else ''}" if n else "")
+        name = provenance.get("cpu")
+        return (f"{name} CPU" if name else "CPU") + (f", {n} thread{'s' if n != 1 else ''}" if n else "")
     return str(provenance.get("device_name"))
 
 
@@ -286,25 +301,21 @@ def ablation_runs(df: pd.DataFrame, variants: Mapping[str, str]) -> pd.DataFrame
 
 
 def final_by(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """Last epoch of each run, averaged over seeds per ``by``, with the mean time per training epoch."""
+    """Last epoch of each run, averaged over seeds per ``by``.  No time per epoch: the runs' recorded epochs
+    share the machine with whatever else ran, so their costs come from a quiet ``bench`` instead."""
     last = df.sort_values("epoch").groupby("run_id").tail(1)
-    per_epoch = df[df["epoch"] > 0].groupby("run_id")["epoch_time"].mean().rename("s / epoch")
-    last = last.join(per_epoch, on="run_id")
     return last.groupby(by, as_index=False).agg(
-        final_train_loss=("train_loss", "mean"), final_test_loss=("test_loss", "mean"),
-        s_per_epoch=("s / epoch", "mean"), epochs=("epoch", "max"),
+        final_train_loss=("train_loss", "mean"), final_test_loss=("test_loss", "mean"), epochs=("epoch", "max"),
         diverged=("status", lambda s: int((s == "diverged").sum())),
     )
 
 
 def shown(table: pd.DataFrame) -> pd.DataFrame:
-    """A :func:`final_by` table for reading: losses to 4 significant digits, times to 3 (a regression-checked table)."""
+    """A :func:`final_by` table for reading: losses to 4 significant digits (a regression-checked table)."""
     table = table.copy()
     for col in ("final_train_loss", "final_test_loss"):
         table[col] = table[col].map(lambda v: f"{v:.4g}")
-    table["s_per_epoch"] = table["s_per_epoch"].map(lambda v: f"{v:.3g}")
-    return table.rename(columns={"final_train_loss": "final train loss", "final_test_loss": "final test loss",
-                                 "s_per_epoch": "s / epoch"})
+    return table.rename(columns={"final_train_loss": "final train loss", "final_test_loss": "final test loss"})
 
 
 def precision_check(check: pd.DataFrame, tolerance: float) -> tuple[pd.DataFrame, pd.Series, list[str]]:

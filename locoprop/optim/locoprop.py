@@ -295,7 +295,7 @@ class LocoProp(torch.optim.Optimizer):
             ``"rmsprop"``, ``"adagrad"`` (the ``torch.optim`` classes) or any ``torch.optim.Optimizer``
             class; its state (per parameter) is kept across steps.
         inner_kwargs: keyword arguments of the inner optimizer (other than ``lr``).
-        eta: weight :math:`\eta` of the proximal term :math:`\tfrac1{2\eta}\|\bar W-\bar W^t\|^2`;
+        eta: :math:`\eta` of the proximal term :math:`\tfrac1{2\eta}\|\bar W-\bar W^t\|^2` (its weight is :math:`1/(2\eta)`);
             None leaves it out (as the official code does).
         lr_floor: local step :math:`j` uses :math:`\nu\max(1 - j/T, \text{lr\_floor})`; 0.25 in the paper.
         products: ``"float32"`` or ``"bfloat16"``: the precision of the local iterations' matrix

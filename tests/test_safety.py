@@ -35,6 +35,7 @@ from locoprop.experiments.config import RunConfig, RunConflictError
 from locoprop.experiments.records import find_result
 from locoprop.experiments.sweep import sweep
 from locoprop.experiments.train import run
+from test_reliability import _Planted  # the pickle payload that would create a file when unpickled
 
 REPO = Path(__file__).resolve().parents[1]
 TIME_COLUMNS = ("epoch_time", "train_time")
@@ -153,14 +154,6 @@ def test_a_planted_pickle_checkpoint_is_refused_in_one_line(tmp_path, capsys):
     assert str(path) in err and "weights_only" not in err and "trusted" not in err
     assert not [w for w in caught if "weights_only" in str(w.message) or "pickle" in str(w.message)]
     assert not marker.exists() and path.exists()
-
-
-class _Planted:
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
 
 
 def test_an_empty_lock_left_by_a_full_disk_is_stale(tmp_path):

@@ -91,7 +91,7 @@ from locoprop.experiments import data, executors, report
 from locoprop.experiments.claims import verdicts
 from locoprop.experiments.config import PROFILES, RunConfig, default_results_dir
 from locoprop.experiments.executors import protocol_plan
-from locoprop.experiments.plotting import LABELS, PALETTE, cut_loss_axis, log_loss_axis
+from locoprop.experiments.plotting import LABELS, PALETTE, cut_loss_axis, log_loss_axis, panel_grid
 from locoprop.experiments.results import bench_report, frame, load_results, load_runs, summary, time_to_target
 from locoprop.experiments.sweep import sweep, tune
 from locoprop.experiments.train import run
@@ -188,22 +188,14 @@ report.corner(report.halving_table(halvings))
 points = report.rung_points(halvings)
 if not points.empty:
     names = [label for label in ORDER if label in set(points["optimizer"])]
-    cols = 5
-    rows_ = (len(names) + cols - 1) // cols
-    fig, axes = plt.subplots(rows_, cols, figsize=(16, 3.4 * rows_), squeeze=False, sharey=True)
-    for ax, label in zip(axes.flat, names):
+    fig, panels = panel_grid(names, "rung (epochs, log scale)", "train loss (log scale)", sharey=True)
+    for ax, label in zip(panels, names):
         part = points[points["optimizer"] == label]
         for setting, group in part.groupby("setting", sort=False):
             ax.plot(group["rung"], group["train loss"], marker="o", lw=1.2,
                     alpha=1.0 if len(group) == part["rung"].nunique() else 0.45)
-        ax.set(xscale="log", title=label, xticks=RUNGS["paper"], xticklabels=[str(r) for r in RUNGS["paper"]])
+        ax.set(xscale="log", xticks=RUNGS["paper"], xticklabels=[str(r) for r in RUNGS["paper"]])
         log_loss_axis(ax)
-    for ax in axes.flat[len(names):]:
-        ax.axis("off")
-    for ax in axes[:, 0]:
-        ax.set_ylabel("train loss (log scale)")
-    for ax in axes[-1]:
-        ax.set_xlabel("rung (epochs, log scale)")
     fig.tight_layout()
     plt.show()
 
@@ -241,25 +233,17 @@ report.corner(report.search_table(GRIDS, short, BUDGET, TRIAL_HORIZON["paper"]))
 trials = report.trial_points(short)
 if not trials.empty:
     names = [label for label in ORDER if label in set(trials["optimizer"])]
-    cols = 5
-    fig, axes = plt.subplots((len(names) + cols - 1) // cols, cols, figsize=(16, 3.4 * ((len(names) + cols - 1) // cols)),
-                             squeeze=False)
-    for ax, label in zip(axes.flat, names):
+    fig, panels = panel_grid(names, "learning rate (log scale)", "final train loss")
+    for ax, label in zip(panels, names):
         part = trials[trials["optimizer"] == label]
         for other, group in part.groupby("other"):
             group = group.sort_values("lr")
             line, = ax.plot(group["lr"], group["final train loss"], marker="o", label=other)
             dead = group[group["status"] != "completed"]
             ax.plot(dead["lr"], [600] * len(dead), "x", color=line.get_color(), markersize=9)
-        ax.set(xscale="log", title=label, ylim=(180, 620))
+        ax.set(xscale="log", ylim=(180, 620))
         if len(part["other"].unique()) > 1:
             ax.legend(fontsize="x-small", title=None)
-    for ax in axes.flat[len(names):]:
-        ax.axis("off")
-    for ax in axes[:, 0]:
-        ax.set_ylabel("final train loss")
-    for ax in axes[-1]:
-        ax.set_xlabel("learning rate (log scale)")
     fig.tight_layout()
     plt.show()
 

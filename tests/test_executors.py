@@ -128,6 +128,38 @@ def test_a_refused_submission_is_a_one_line_error(monkeypatch, tmp_path, capsys)
     assert not list((tmp_path / "results").rglob("*.json"))
 
 
+# --------------------------------------------------------------------------- why a task failed
+class _FakeJob:
+    """What ``_reason`` sees of a submitit job: the paths of its log and of its result pickle."""
+
+    def __init__(self, folder: Path):
+        self.paths = type("Paths", (), {"stderr": folder / "0_log.err", "result_pickle": folder / "0_result.pkl"})()
+
+
+def test_why_a_task_failed_comes_from_its_log_and_its_result_pickle_is_never_loaded(tmp_path):
+    import pickle
+
+    from test_reliability import _Planted
+
+    job, marker = _FakeJob(tmp_path), tmp_path / "planted"
+    job.paths.result_pickle.write_bytes(pickle.dumps(("error", _Planted(marker))))
+    job.paths.stderr.write_text(
+        "submitit INFO (2026-12-04 10:00:00) - Starting with JobEnvironment(job_id=7_0)\n"
+        "Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\nKeyError: 'first'\n\n"
+        "During handling of the above exception, another exception occurred:\n\n"
+        "Traceback (most recent call last):\n  File \"y.py\", line 2, in run\n    raise Interrupted(...)\n"
+        "locoprop.experiments.executors.Interrupted: stopped by SIGTERM (cancelled)\n"
+        "srun: error: node1: task 0: Exited with exit code 1\n")
+    assert executors._reason(job) == "locoprop.experiments.executors.Interrupted: stopped by SIGTERM (cancelled)"
+    assert not marker.exists()
+    job.paths.stderr.write_text("submitit INFO (2026-12-04 10:00:00) - Exiting after successful completion\n")
+    assert executors._reason(job) == "finished without its run's result file"
+    job.paths.result_pickle.unlink()
+    job.paths.stderr.unlink()
+    assert executors._reason(job).startswith("left the queue without a result")
+    assert not marker.exists()
+
+
 # --------------------------------------------------------------------------- interruptions
 def test_an_interruption_while_a_checkpoint_is_written_waits_for_it(monkeypatch, tmp_path):
     """SIGINT while the checkpoint is written (its bytes in the temporary file, not yet in place) is delivered

@@ -137,12 +137,20 @@ def _plural(n: int, word: str) -> str:
     return f"no {word}" if n == 0 else f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
+def _is_run(record) -> bool:
+    """A run's result file: a JSON object whose config gives its epochs."""
+    config = record.get("config") if isinstance(record, dict) else None
+    return isinstance(config, dict) and isinstance(config.get("epochs"), int)
+
+
 def paper_facts(root: Path) -> dict[str, str]:
     """``paper_inventory`` and ``paper_devices`` from the run files under data/results/paper/."""
-    runs = [r for r in (_read_json(p) for p in sorted((root / "data" / "results" / "paper").glob("*.json")))
-            if r and "config" in r]
+    files = [_read_json(p) for p in sorted((root / "data" / "results" / "paper").glob("*.json"))]
+    runs = [r for r in files if _is_run(r)]
     if not runs:
         return {"paper_inventory": "no result files yet", "paper_devices": "none yet"}
+    for r in runs:
+        r["provenance"] = r.get("provenance") if isinstance(r.get("provenance"), dict) else {}
     parts = []
     for epochs in sorted({r["config"]["epochs"] for r in runs}):
         group = [r for r in runs if r["config"]["epochs"] == epochs]
@@ -156,14 +164,17 @@ def paper_facts(root: Path) -> dict[str, str]:
         parts.append(f"{_plural(len(group), 'run')} of {epochs} epochs" + (f" ({'; '.join(details)})" if details else ""))
     parts[-1:] = [f"and {parts[-1]}"] if len(parts) > 1 else parts
     inventory = f"{_plural(len(runs), 'result file')}, with " + "; ".join(parts)
+    unreadable = sum(1 for r in files if not _is_run(r))
+    if unreadable:
+        inventory += f" ({_plural(unreadable, 'other file')} that could not be read as a run: see `python -m locoprop results`)"
     kinds = Counter(r["provenance"].get("device", "cpu") for r in runs)
-    names = sorted({r["provenance"].get("cpu") or r["provenance"].get("device_name") or "?"
+    names = sorted({r["provenance"].get("cpu") or r["provenance"].get("device_name") or "not named"
                     for r in runs if r["provenance"].get("device", "cpu") == "cpu"})
     threads = sorted({r["provenance"].get("threads") for r in runs if r["provenance"].get("threads")})
     devices = []
     if kinds.get("cpu"):
-        devices.append(f"{_plural(kinds['cpu'], 'run')} on a CPU ({', '.join(names)}; "
-                       f"{' or '.join(map(str, threads))} torch thread{'' if threads == [1] else 's'})")
+        counts = f"; {' or '.join(map(str, threads))} torch thread{'' if threads == [1] else 's'}" if threads else ""
+        devices.append(f"{_plural(kinds['cpu'], 'run')} on a CPU ({', '.join(names)}{counts})")
     gpus = sorted({str(r["provenance"].get("device_name")) for r in runs if r["provenance"].get("device", "cpu") != "cpu"})
     n_gpu = sum(n for kind, n in kinds.items() if kind != "cpu")
     devices.append(f"{_plural(n_gpu, 'run')} on a GPU" + (f" ({', '.join(gpus)})" if gpus else ""))

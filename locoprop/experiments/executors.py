@@ -9,15 +9,16 @@ decides which, from the result files) and yields each one's result as it is writ
   `submitit <https://github.com/facebookincubator/submitit>`_; the call returns once every task has
   ended.  Each task calls :func:`~locoprop.experiments.train.run` with as many torch threads as it
   has CPUs, so its records are those of a local run at that thread count.  A task learns nothing
-  from the scheduler's accounting (``sacct``): a run is done when its result file says so, and a
-  task has ended when its result (submitit's pickle) is written or it has left the queue
-  (``squeue``).  A task stopped by SIGTERM (``scancel``, its time limit) stops at once, releasing its
-  run's lock and keeping the checkpoint of its last epoch; a task preempted or timed out with
-  submitit's warning signal is requeued and resumes there.  When tasks fail, the call raises
-  :exc:`ClusterError` naming them once the others have ended; running the same command again
-  submits only the runs without a result, and a killed run resumes from its checkpoint.  The
-  results folder must lie on a filesystem that the nodes share; the tasks' logs go to
-  ``<results folder>/slurm-logs/<job id>/`` unless ``log_dir`` says otherwise.
+  from the scheduler's accounting (``sacct``): a run is done when its result file says so, a task
+  has ended when its result (submitit's pickle, never loaded here) is written or it has left the
+  queue (``squeue``), and why it failed is read from the traceback at the end of its log.  A task
+  stopped by SIGTERM (``scancel``, its time limit) stops at once, releasing its run's lock and
+  keeping the checkpoint of its last epoch; a task preempted or timed out with submitit's warning
+  signal is requeued and resumes there.  When tasks fail, the call raises :exc:`ClusterError`
+  naming them once the others have ended; running the same command again submits only the runs
+  without a result, and a killed run resumes from its checkpoint.  The results folder must lie on
+  a filesystem that the nodes share; the tasks' logs go to ``<results folder>/slurm-logs/<job id>/``
+  unless ``log_dir`` says otherwise.
 
 A submission that cannot be made (no ``sbatch``, a controller that does not answer, an option the
 cluster refuses) raises :exc:`SubmissionError`, a ``ValueError`` (``locoprop: error: ...``, exit 2).
@@ -278,15 +279,17 @@ def _queued(jobs) -> set[str] | None:
 
 
 def _reason(job) -> str:
-    """Why a task ended without its result: the last line of its exception, or that it was stopped from outside."""
+    """Why a task ended without its result: its exception, from the traceback at the end of its log
+    (the result pickle is never loaded: no file read here runs code), or that it was stopped from outside."""
+    try:
+        log = job.paths.stderr.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        log = []
+    starts = [i for i, line in enumerate(log) if line.startswith("Traceback (most recent call last):")]
+    if starts:
+        exception = next((line for line in log[starts[-1] + 1:] if line.strip() and not line[0].isspace()), "")
+        return exception.strip() or "failed"
     if job.paths.result_pickle.exists():
-        try:
-            outcome, value = submitit.core.utils.pickle_load(job.paths.result_pickle)
-        except Exception as err:  # an unreadable pickle says nothing more
-            return f"its result could not be read ({type(err).__name__})"
-        if outcome == "error":
-            lines = [line for line in str(value).splitlines() if line.strip()]
-            return lines[-1] if lines else "failed"
         return "finished without its run's result file"
     return "left the queue without a result: cancelled, killed, out of memory or past its time limit"
 

@@ -154,6 +154,22 @@ def test_tune_prints_its_plan_and_a_dry_run_trains_nothing(tmp_path, capsys):
     assert "then seeds 1 (10 epochs): 48 epochs" in out and "estimated time" in out
 
 
+def test_the_plan_counts_what_the_result_files_hold(tmp_path, capsys):
+    args = ["tune", "--optimizer", "sgd", "--finalists", "--seeds", "0,1", "--results-dir", str(tmp_path), "--quiet"]
+    assert main([*args, "--dry-run"]) == 0
+    assert "recorded: 0 epochs of trials, 0 of the seeds' 10; to go: 48 epochs" in capsys.readouterr().out
+    assert main(args) == 0
+    capsys.readouterr()
+    # the reference: the epochs that the run files themselves record, seed 0 (the trials) and seed 1
+    runs = [json.loads(p.read_text()) for p in tmp_path.rglob("*.json") if "_seed" in p.name]
+    trials = sum(r["records"][-1]["epoch"] for r in runs if r["config"]["seed"] == 0)
+    seeds = sum(r["records"][-1]["epoch"] for r in runs if r["config"]["seed"] == 1)
+    assert trials >= 38 and seeds == 10
+    assert main([*args, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"recorded: {trials} epochs of trials (search complete), 10 of the seeds' 10; to go: 0 epochs" in out
+
+
 @pytest.mark.parametrize("option", ["--epochs", "--warmup-epochs"])
 def test_tune_refuses_epochs_that_the_short_trials_would_ignore(option, capsys):
     code = main(["tune", "--search", "short", "--profile", "paper", "--optimizer", "sgd", option, "3", "--dry-run"])

@@ -18,8 +18,8 @@ from .executors import Local, Slurm, from_parameter, reached
 from .records import RunResult, find_result
 from .results import bench_report
 from .train import check, progress_disabled, trainable
-from .tuning import (BUDGET, SEARCHES, TRIAL_HORIZON, rungs_of, best_setting, edges, extension, finalist_configs, grid_configs, halving,
-                     halving_grid, halving_trial, trial_config)
+from .tuning import (BUDGET, SEARCHES, TRIAL_HORIZON, best_setting, edges, extension, finalist_configs, grid_configs,
+                     halving, halving_grid, halving_trial, rungs_of, trial_config, tuned)
 
 __all__ = ["sweep", "tune", "tune_plan"]
 
@@ -108,10 +108,25 @@ def tune(bases, seeds=(), processes: int = 1, progress: bool = True, report=prin
     return results
 
 
+def _recorded(base: RunConfig, search: str, seeds) -> tuple[int, bool, int]:
+    """What the files on disk hold of :func:`tune`'s work for ``base``: epochs of trials recorded (for a halving,
+    up to the last rung every trial reached), whether the search is complete, and epochs of its finalists' seeds."""
+    if search == "halving":
+        found = halving(base)
+        trained, complete = found.budget, found.complete
+        seed_runs = [] if not complete else [c for c in finalist_configs(base, found.setting, seeds) if c.seed != 0]
+    else:
+        found = tuned(base)
+        trained, complete = sum(r.final["epoch"] for r in found.trials), found.complete and found.setting is not None
+        seed_runs = finalist_configs(base, found.setting, seeds) if complete else []
+    return trained, complete, sum(c.resolve().epochs for c in seed_runs if find_result(c) is not None)
+
+
 def tune_plan(bases, search: str = "halving", seeds=()) -> str:
-    """What :func:`tune` will train, in epochs per optimizer, and how long that takes at the cost per epoch (training
-    and evaluation) of the newest ``bench --tuned`` report of the dataset under the results folder, when there is
-    one.  Runs already finished are skipped by :func:`tune`, so this is an upper bound."""
+    """What :func:`tune` will train, in epochs per optimizer, what of it the result files already hold, and how long
+    the rest takes at the cost per epoch (training and evaluation) of the newest ``bench --tuned`` report of the
+    dataset under the results folder, when there is one.  The search's trials are counted as planned until it
+    is complete (a trial beyond the grid's edge adds epochs), so the time is an upper bound."""
     lines, hours, priced = [], 0.0, True
     for base in bases:
         cfg = base.resolve()
@@ -128,17 +143,20 @@ def tune_plan(bases, search: str = "halving", seeds=()) -> str:
             what = f"short search ({BUDGET} trials of {epochs} epochs: {trials} epochs, +{epochs} per extension)"
             extra = list(seeds)
         finals = len(extra) * cfg.epochs
-        total = trials + finals
+        trained, complete, seeds_done = _recorded(base, search, extra)
+        left = (0 if complete else max(trials - trained, 0)) + finals - seeds_done
         lines.append(f"  {cfg.optimizer}: {what}" + (f", then seeds {', '.join(map(str, extra))} "
-                                                      f"({finals} epochs)" if extra else "") + f": {total} epochs")
+                                                      f"({finals} epochs)" if extra else "") + f": {trials + finals} epochs"
+                     + f"\n    recorded: {trained} epochs of trials" + (" (search complete)" if complete else "")
+                     + (f", {seeds_done} of the seeds' {finals}" if extra else "") + f"; to go: {left} epochs")
         report = bench_report(Path(cfg.results_dir) / "bench", tuned=True, dataset=cfg.dataset)
         rows = {} if report is None else {r["optimizer"]: r["epoch_s"] for r in report["rows"]
                                           if r.get("precision", "fp32") == "fp32"}
         if cfg.optimizer in rows:
-            hours += total * (rows[cfg.optimizer] + report.get("evaluation_s", 0.0)) / 3600
+            hours += left * (rows[cfg.optimizer] + report.get("evaluation_s", 0.0)) / 3600
         else:
             priced = False
-    estimate = (f"at most {hours:.1f} h at the cost per epoch measured by `python -m locoprop bench --tuned` "
-                f"(evaluation included); finished runs are skipped" if priced else
+    estimate = (f"at most {hours:.1f} h for the epochs to go, at the cost per epoch measured by "
+                f"`python -m locoprop bench --tuned` (evaluation included)" if priced else
                 "no estimate: no `python -m locoprop bench --tuned` report prices every optimizer on this dataset")
     return "plan:\n" + "\n".join(lines) + f"\nestimated time: {estimate}"

@@ -89,7 +89,7 @@ from myst_nb import glue
 
 from locoprop.experiments import data, executors, report
 from locoprop.experiments.claims import verdicts
-from locoprop.experiments.config import PROFILES, RunConfig, default_results_dir
+from locoprop.experiments.config import OFFICIAL_HPARAMS, PROFILES, RunConfig, default_results_dir
 from locoprop.experiments.executors import protocol_plan
 from locoprop.experiments.plotting import LABELS, PALETTE, cut_loss_axis, log_loss_axis, panel_grid
 from locoprop.experiments.results import bench_report, frame, load_results, load_runs, summary, time_to_target
@@ -477,6 +477,23 @@ if t_results:
                          "--dataset fashion-mnist --optimizer locoprop-m --grid local_iters=1,2,5 --same-total-step`."))
 else:
     display(Markdown("No run of LocoProp-M at another $T$ yet."))
+
+# %% [markdown]
+# ### LocoProp at the official notebook's setting
+#
+# The tuned settings of LocoProp differ from those of the official notebook (ν = 1e-5, γ = 10, T = 10).
+# One full run of each variant at the official setting (seed 0) shows what the tuning changed, beside
+# the tuned final of the same seed.
+
+# %% tags=["hide-input"]
+official_configs = {name: dataclasses.replace(bases[name], hparams=dict(hp)) for name, hp in OFFICIAL_HPARAMS.items()}
+if profile == "paper":
+    sweep(official_configs.values(), progress=False, executor=executors.from_parameter(executor))
+official_runs = {name: find_result(config) for name, config in official_configs.items()}
+display(report.corner(report.official_table(OFFICIAL_HPARAMS, official_runs, final_sets)))
+if not all(official_runs.values()):
+    display(Markdown("Not every variant has its run at the official setting yet: `python -m locoprop sweep --profile paper "
+                     "--dataset fashion-mnist --optimizer locoprop-m,locoprop-s --hparam lr=1e-5 --hparam gamma=10`."))
 
 # %% [markdown]
 # ### The paper's claims against this evidence

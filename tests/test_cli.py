@@ -202,3 +202,24 @@ def test_an_interrupted_bench_does_not_promise_a_resume(monkeypatch, capsys):
     assert main(["bench"]) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "resume" not in err
+
+
+def test_the_official_setting_command_names_the_runs_the_benchmark_notebook_reads():
+    """The command the book gives for LocoProp at the official notebook's setting (ν = 1e-5, γ = 10) trains
+    the runs that notebook 03 looks up (the official hyper-parameters on the paper profile, seed 0)."""
+    import dataclasses
+
+    from locoprop.experiments import cli
+    from locoprop.experiments.config import OFFICIAL_HPARAMS, RunConfig
+
+    command = ("sweep --profile paper --dataset fashion-mnist --device cpu --quiet --optimizer locoprop-m,locoprop-s "
+               "--hparam lr=1e-5 --hparam gamma=10").split()
+    args = cli._build_parser().parse_args(command)
+    assert set(OFFICIAL_HPARAMS) == {"locoprop-m", "locoprop-s"}
+    for name, hparams in OFFICIAL_HPARAMS.items():
+        assert hparams == {"lr": 1e-5, "gamma": 10}
+        notebook = dataclasses.replace(RunConfig(optimizer=name, profile="paper", dataset="fashion-mnist", device="cpu"),
+                                       hparams=dict(hparams))
+        assert cli._base_config(args, name, 0).run_id == notebook.run_id
+    book = (Path(__file__).resolve().parents[1] / "book" / "reproduce.md").read_text()
+    assert "--optimizer locoprop-m,locoprop-s \\\n    --hparam lr=1e-5 --hparam gamma=10" in book

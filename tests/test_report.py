@@ -204,3 +204,16 @@ def test_t_frontier_prices_the_epochs_to_each_target():
 def test_device_text_names_the_cpu_once():
     assert report.device_text({"device": "cpu", "cpu": "AMD EPYC", "threads": 2}) == "AMD EPYC CPU, 2 threads"
     assert report.device_text({"device": "cpu", "threads": 1}) == "CPU, 1 thread"
+
+
+def test_the_official_setting_stands_beside_the_tuned_final_of_the_same_seed():
+    finals = {"locoprop-m": types.SimpleNamespace(setting={"lr": 1e-4, "gamma": 100.0}, results=[
+        _result(1e-4, [500, 201.0], "completed", seed=1), _result(1e-4, [500, 200.5], "completed", seed=0)])}
+    official = {"locoprop-m": {"lr": 1e-5, "gamma": 10.0}, "locoprop-s": {"lr": 1e-5, "gamma": 10.0}}
+    table = report.official_table(official, {"locoprop-m": _result(1e-5, [500, 212.25], "completed")}, finals)
+    m, s = table.loc["LocoProp-M"], table.loc["LocoProp-S"]
+    assert m[("official notebook's setting", "setting")] == "lr=1e-05, gamma=10"
+    assert m[("official notebook's setting", "final train")] == "212.25" and m[("official notebook's setting", "final test")] == "215.25"
+    assert m[("tuned setting", "setting")] == "lr=0.0001, gamma=100"
+    assert m[("tuned setting", "final train")] == "200.50"  # seed 0, not seed 1's 201.00
+    assert s[("official notebook's setting", "final train")] == "not run yet" and s[("tuned setting", "final train")] == "not run yet"

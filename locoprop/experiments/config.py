@@ -95,6 +95,12 @@ DEFAULT_HPARAMS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {name: {} for name in OPTIMIZERS},
 }
 
+#: The official notebook's settings of LocoProp (ν = 1e-5, γ = 10, and the default T = 10 local iterations),
+#: against which the tuned settings are compared at the paper profile.
+OFFICIAL_HPARAMS: dict[str, dict[str, Any]] = {"locoprop-m": {"lr": 1e-5, "gamma": 10.0},
+                                               "locoprop-s": {"lr": 1e-5, "gamma": 10.0}}
+
+
 class RunConflictError(ValueError):
     """A result or checkpoint file under a run's name holds a different configuration."""
 

@@ -20,7 +20,7 @@ from .results import time_to_target
 
 __all__ = ["ORDER", "ablation_runs", "best_trial_loss", "biggest_rise", "corner", "cost_table", "cut_text",
            "device_text", "epoch_costs", "final_by", "finals_table", "fmt", "halving_table", "labelled", "lowest_losses",
-           "other_runs", "precision_check", "precision_speed", "provenance_table", "reach_table", "result_sets",
+           "official_table", "other_runs", "precision_check", "precision_speed", "provenance_table", "reach_table", "result_sets",
            "rose_text", "rung_points", "search_table", "searches_side_by_side", "setting_text", "shown", "spikes",
            "status_table", "t_frontier", "trial_points", "what_it_shows"]
 
@@ -430,6 +430,27 @@ def searches_side_by_side(searches: Mapping[str, tuple[Any, Any, Any]], short_fi
                 ("successive halving", halved.setting, halved.final if halved.complete else None)):
             row[(label, "winner")] = "" if setting is None else setting_text(setting)
             row[(label, "final train")] = "" if result is None else f"{result.final['train_loss']:.2f}"
+            row[(label, "final test")] = "" if result is None else f"{result.final['test_loss']:.2f}"
+        rows.append(row)
+    table = pd.DataFrame(rows).set_index("optimizer")
+    table.columns = pd.MultiIndex.from_tuples(table.columns)
+    return table
+
+
+def official_table(official: Mapping[str, Mapping[str, Any]], runs: Mapping[str, Any],
+                   finals: Mapping[str, Any]) -> pd.DataFrame:
+    """Per LocoProp variant, its 100-epoch run (seed 0) at the official notebook's setting (``official``: name ->
+    hyper-parameters; ``runs``: name -> its result, None while not run) beside its tuned final of seed 0
+    (``finals``: name -> :class:`~locoprop.experiments.tuning.Finals`): setting, final train and test loss."""
+    rows = []
+    for name, setting in official.items():
+        final = finals.get(name)
+        tuned_zero = next((r for r in final.results if r.config.seed == 0), None) if final is not None else None
+        row = {"optimizer": LABELS[name]}
+        for label, hparams, result in (("official notebook's setting", setting, runs.get(name)),
+                                       ("tuned setting", final.setting if final is not None else None, tuned_zero)):
+            row[(label, "setting")] = "" if not hparams else setting_text(hparams)
+            row[(label, "final train")] = "not run yet" if result is None else f"{result.final['train_loss']:.2f}"
             row[(label, "final test")] = "" if result is None else f"{result.final['test_loss']:.2f}"
         rows.append(row)
     table = pd.DataFrame(rows).set_index("optimizer")

@@ -490,6 +490,9 @@ official_configs = {name: dataclasses.replace(bases[name], hparams=dict(hp)) for
 if profile == "paper":
     sweep(official_configs.values(), progress=False, executor=executors.from_parameter(executor))
 official_runs = {name: find_result(config) for name, config in official_configs.items()}
+tuned_zero = {name: next((r for r in final_sets[name].results if r.config.seed == 0), None) for name in OFFICIAL_HPARAMS}
+official_pairs = {LABELS[name]: (run_.final["train_loss"], tuned_zero[name].final["train_loss"])
+                  for name, run_ in official_runs.items() if run_ is not None and tuned_zero[name] is not None}
 display(report.corner(report.official_table(OFFICIAL_HPARAMS, official_runs, final_sets)))
 if not all(official_runs.values()):
     display(Markdown("Not every variant has its run at the official setting yet: `python -m locoprop sweep --profile paper "
@@ -541,7 +544,7 @@ glue("claims_table", claims_table, display=False)
 display(claims_table)
 if have_paper:
     shows = report.what_it_shows(last, claims, {LABELS[n]: f.search for n, f in final_sets.items()},
-                                 f"{paper_dataset}, {HARDWARE}, {PRECISION}")
+                                 f"{paper_dataset}, {HARDWARE}, {PRECISION}", official_pairs)
     glue("what_it_shows", Markdown(shows), display=False)
     display(Markdown(shows))
 

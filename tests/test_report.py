@@ -157,6 +157,12 @@ def test_what_it_shows_states_the_numbers_the_verdicts_and_what_the_test_loss_sa
     # test = train + 3 for both: LocoProp-M 204-206 against Adam 208-210 -> below: the lower loss carries over
     assert "is below Adam's 209.0" in text and "its lower training loss carries over to unseen images." in text
     assert "successive halving on the protocol's own horizon for 1 of the 2 optimizers shown (Adam)" in text
+    assert "official" not in text
+    text = report.what_it_shows(last, claims, {"Adam": "halving", "LocoProp-M": "short"}, "fashion-mnist, CPU",
+                                {"LocoProp-M": (212.25, 200.5), "LocoProp-S": (200.5, 200.504)})
+    assert text.endswith("At the official notebook's setting (ν = 1e-5, γ = 10) the final training loss of seed 0 is "
+                         "212.2 for LocoProp-M, 11.8 nats above its tuned setting's 200.5; 200.5 for LocoProp-S, "
+                         "level with its tuned setting's 200.5.")
 
 
 def _result(lr, losses, status="stopped", seed=0):

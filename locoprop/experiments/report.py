@@ -489,10 +489,13 @@ def _compare(a: pd.Series, b: pd.Series) -> str:
     return "level with"
 
 
-def what_it_shows(last: pd.DataFrame, claims: pd.DataFrame, searches: Mapping[str, str | None], setting: str) -> str:
+def what_it_shows(last: pd.DataFrame, claims: pd.DataFrame, searches: Mapping[str, str | None], setting: str,
+                  official: Mapping[str, tuple[float, float]] | None = None) -> str:
     """The landing page's paragraph "What this reproduction shows", from the final records of the full runs
     (``last``: one row per run with display names in ``optimizer``, ``seed``, ``train_loss``, ``test_loss``),
-    the claims table and which search chose each optimizer's setting (display name -> "halving" or "short")."""
+    the claims table, which search chose each optimizer's setting (display name -> "halving" or "short") and,
+    where run, the final train loss at the official notebook's setting beside the tuned one, both of seed 0
+    (``official``: display name -> (official, tuned))."""
     last = last.assign(optimizer=last["optimizer"].astype(str))
     by = {name: group for name, group in last.groupby("optimizer")}
     if "LocoProp-M" not in by:
@@ -538,4 +541,15 @@ def what_it_shows(last: pd.DataFrame, claims: pd.DataFrame, searches: Mapping[st
              f"{len(chosen)} optimizers shown" + (f" ({', '.join(halved)})" if 0 < len(halved) < len(chosen) else "")
              + ("; the others' from the 5-epoch search, until their halving is complete." if len(halved) < len(chosen)
                 else "."))
+    if official:
+        text += (" At the official notebook's setting (ν = 1e-5, γ = 10) the final training loss of seed 0 is "
+                 + "; ".join(f"{loss_o:.1f} for {n}, {_against(loss_o - loss_t)} its tuned setting's {loss_t:.1f}"
+                             for n, (loss_o, loss_t) in official.items()) + ".")
     return text
+
+
+def _against(difference: float) -> str:
+    """"2.3 nats above" / "0.4 nats below" / "level with", for a difference of final losses (2 decimals shown)."""
+    if round(difference, 2) == 0:
+        return "level with"
+    return f"{abs(difference):.1f} nats {'above' if difference > 0 else 'below'}"

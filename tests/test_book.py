@@ -33,7 +33,7 @@ EXERCISES = ROOT / "book" / "exercises.md"
 #: Window widths (CSS pixels) at which the math of every page is checked: a desktop and a phone.
 WIDE, NARROW = 1400, 420
 #: Notebook pages with hidden boilerplate, a "Run it yourself" box and both downloads (.py, .ipynb).
-NOTEBOOKS_WITH_DOWNLOADS = ("01_local_losses", "02_preconditioning")
+NOTEBOOK_PAGES = ("01_local_losses", "02_preconditioning", "03_benchmark", "04_ablations")
 
 
 def _jupyter_book() -> list[str]:
@@ -194,12 +194,12 @@ def test_method_page_has_math(pages):
 
 
 def test_screenshots(site, server, chromium, tmp_path_factory):
-    """Screenshots of the landing page, the two derivation chapters and the notebook pages 01 and 02,
+    """Screenshots of the landing page, the two derivation chapters and the four notebook pages,
     at a desktop and a phone width, for a human to look at (path printed)."""
     out = tmp_path_factory.mktemp("screenshots")
     profile = tmp_path_factory.mktemp("chromium-shots")
     pages = (["book/index", "book/method", "book/baselines", "book/exercises", "book/notation", "book/status"]
-             + [f"notebooks/{n}" for n in NOTEBOOKS_WITH_DOWNLOADS])
+             + [f"notebooks/{n}" for n in NOTEBOOK_PAGES])
     for page in pages:
         for width in (WIDE, NARROW):
             name = f"{page.replace('/', '_')}_{width}.png"
@@ -361,7 +361,7 @@ def test_how_to_cite_gives_bibtex_and_citation_file(site, server):
     assert status == 200 and body == (ROOT / "CITATION.cff").read_bytes()
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS_WITH_DOWNLOADS)
+@pytest.mark.parametrize("name", NOTEBOOK_PAGES)
 def test_notebook_page_offers_downloads_and_hides_boilerplate(site, server, name):
     html = (site / "notebooks" / f"{name}.html").read_text(encoding="utf-8")
     page_url = f"{server}notebooks/{name}.html"

@@ -75,3 +75,13 @@ def test_the_flops_ratio_is_the_quotient_of_the_two_counts(tmp_path):
                                          (0.5, "$0.5$"), (0.0, "$0$"), (2.5e4, r"$2.5 \cdot 10^{4}$")])
 def test_a_hyper_parameter_prints_as_the_number_it_is(value, text):
     assert bookfacts._number(value) == text
+
+
+def test_the_book_takes_the_latest_started_tuned_report_whatever_its_device(tmp_path):
+    bench = tmp_path / "data" / "results" / "bench"
+    bench.mkdir(parents=True)
+    for name, started, ratio in (("cuda--nvidia-h100-20260101T000000.json", "2026-01-01T00:00:00", 2.0),
+                                 ("cpu--amd-epyc-20260301T000000.json", "2026-03-01T00:00:00", 4.0)):
+        rows = [{"optimizer": "locoprop-m", "flops_per_step": ratio * 1e9}, {"optimizer": "rmsprop", "flops_per_step": 1e9}]
+        (bench / name).write_text(json.dumps({"settings": {"tuned": True}, "provenance": {"started": started}, "rows": rows}))
+    assert bookfacts.bench_facts(tmp_path)["flops_ratio"] == "4.00"  # the CPU report, started two months later

@@ -104,6 +104,16 @@ def test_bench_report_takes_the_newest_file_of_the_kind_asked_for(tmp_path):
     assert bench_report(tmp_path, tuned=True, precisions=("bf16",)) is None
 
 
+def test_the_newest_bench_report_is_the_latest_started_whatever_its_device(tmp_path):
+    """File names begin with the device ("cpu-..." sorts before "cuda-..."), so only the start time orders
+    reports of different devices."""
+    for name, started in (("cuda--nvidia-h100-20260101T000000.json", "2026-01-01T00:00:00+00:00"),
+                          ("cpu--amd-epyc-20260301T000000.json", "2026-03-01T00:00:00+00:00")):
+        (tmp_path / name).write_text(json.dumps({"settings": {"tuned": True, "dataset": "fashion-mnist"},
+                                                 "provenance": {"started": started}, "rows": []}))
+    assert bench_report(tmp_path, tuned=True)["provenance"]["started"].startswith("2026-03-01")
+
+
 def test_other_runs_lists_finished_full_runs_not_shown_elsewhere():
     runs = curves({**SPEC, ("rmsprop", 0): [500, 256, 300, 900]})
     stopped = curves({("sgd", 0): [500, 400]}).assign(status="stopped", horizon=3)

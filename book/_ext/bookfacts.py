@@ -96,8 +96,11 @@ def _number(value: float) -> str:
 
 
 def bench_report(root: Path) -> dict | None:
-    """The newest benchmark report of the tuned settings under data/results/bench/, else the newest one."""
-    reports = [r for r in (_read_json(p) for p in sorted((root / "data" / "results" / "bench").glob("*.json"))) if r]
+    """The newest benchmark report of the tuned settings under data/results/bench/, else the newest one (by the
+    start time in its provenance, then by file name: names begin with the device)."""
+    named = [(r, p.name) for p in (root / "data" / "results" / "bench").glob("*.json") if (r := _read_json(p))]
+    named.sort(key=lambda pair: (str(pair[0].get("provenance", {}).get("started", "")), pair[1]))
+    reports = [r for r, _ in named]
     reports = [r for r in reports if not r.get("settings", {}).get("local_iters")]  # not the T-frontier report
     tuned = [r for r in reports if r.get("settings", {}).get("tuned")]
     return (tuned or reports or [None])[-1]

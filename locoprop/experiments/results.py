@@ -158,12 +158,13 @@ def time_to_target(df: pd.DataFrame, reference: str = "rmsprop", target: float |
 
 def bench_report(folder: Path, *, tuned: bool | None = None, dataset: str | None = None,
                  precisions: Iterable[str] = (), local_iters: bool = False) -> dict | None:
-    """The newest benchmark report under ``folder`` (file names sort by time) of the kind asked for:
+    """The newest benchmark report under ``folder`` (by the start time in its provenance, then by file name:
+    names begin with the device, so they sort by time only within one device) of the kind asked for:
     ``tuned`` (the ``--tuned`` report or not), its ``dataset``, rows in every one of ``precisions``, and
     LocoProp-M at other numbers of local iterations (``bench --local-iters``) or not (``local_iters``)."""
     found = None
-    for path in sorted(Path(folder).glob("*.json")):
-        report = json.loads(path.read_text())
+    reports = [(json.loads(path.read_text()), path.name) for path in Path(folder).glob("*.json")]
+    for report, _ in sorted(reports, key=lambda pair: (str(pair[0].get("provenance", {}).get("started", "")), pair[1])):
         settings = report.get("settings", {})
         if tuned is not None and bool(settings.get("tuned")) != tuned:
             continue

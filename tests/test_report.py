@@ -36,8 +36,9 @@ def test_finals_table_gives_mean_range_lowest_and_gap_in_the_books_order():
     table = report.finals_table(runs, per_epoch, bench, {"adam": {"lr": 0.002}, "locoprop-m": {"lr": 1e-4, "gamma": 10.0}})
     assert list(table.index) == ["Adam", "LocoProp-M"]  # the optimizers' order, not the alphabet's
     adam, loco = table.loc["Adam"], table.loc["LocoProp-M"]
-    assert adam["final train loss"] == "206.00" and adam["range over seeds"] == "205.00–207.00"
-    assert adam["final test loss"] == "209.00" and adam["test − train"] == "3.00" and adam["seeds"] == "0,1"
+    assert adam["final train loss"] == "206.00" and adam["train range over seeds"] == "205.00–207.00"
+    assert adam["final test loss"] == "209.00" and adam["test range over seeds"] == "208.00–210.00"
+    assert adam["test − train"] == "3.00" and adam["seeds"] == "0,1"
     # LocoProp-M's mean curve: 500, 255, 199.5, 202 -> lowest 199.5 at epoch 2
     assert loco["lowest train loss (epoch)"] == "199.50 (2)"
     assert adam["GFLOP / step"] == "2" and loco["GFLOP / step"] == ""  # the float32 row; none for LocoProp-M
@@ -233,3 +234,16 @@ def test_the_official_setting_stands_beside_the_tuned_final_of_the_same_seed():
     assert m[("tuned setting", "setting")] == "lr=0.0001, gamma=100"
     assert m[("tuned setting", "final train")] == "200.50"  # seed 0, not seed 1's 201.00
     assert s[("official notebook's setting", "final train")] == "not run yet" and s[("tuned setting", "final train")] == "not run yet"
+
+
+def test_the_ablation_tables_give_the_mean_and_range_over_seeds():
+    runs = curves({("locoprop-m", 0): [500, 300, 210.0], ("locoprop-m", 1): [500, 300, 214.0],
+                   ("locoprop-s", 0): [500, 300, 220.0]})
+    runs["variant"] = runs["optimizer"]
+    table = report.final_by(runs, ["variant"]).set_index("variant")
+    assert table.loc["locoprop-m", "final_train_loss"] == 212.0 and table.loc["locoprop-m", "seeds"] == 2
+    assert table.loc["locoprop-m", "final_test_loss"] == 215.0  # test = train + 3 in curves()
+    readable = report.shown(table)
+    assert list(readable.columns[:3]) == ["final train loss", "train range over seeds", "final test loss"]
+    assert readable.loc["locoprop-m", "train range over seeds"] == "210–214" and readable.loc["locoprop-m", "final train loss"] == "212"
+    assert readable.loc["locoprop-s", "train range over seeds"] == "" and readable.loc["locoprop-s", "seeds"] == 1

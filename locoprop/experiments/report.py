@@ -106,10 +106,15 @@ def lowest_losses(runs: pd.DataFrame) -> pd.DataFrame:
     return mean_curve.loc[at_lowest].set_index("optimizer")
 
 
+def _range(values: pd.Series) -> str:
+    """``min–max`` to 2 decimals; empty for one value."""
+    return f"{values.min():.2f}–{values.max():.2f}" if len(values) > 1 else ""
+
+
 def finals_table(runs: pd.DataFrame, per_epoch: pd.Series, bench: dict | None,
                  settings: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
-    """The final-loss table of the 100-epoch runs (``runs``: :func:`labelled` records): mean and range over
-    seeds, the lowest loss, test loss and its gap, seeds, cost per epoch and per step, and the setting."""
+    """The final-loss table of the 100-epoch runs (``runs``: :func:`labelled` records): train and test loss, each
+    as the mean and range over seeds, the lowest train loss, the test − train gap, seeds, cost per epoch and per step, and the setting."""
     last = runs.sort_values("epoch").groupby("run_id", observed=True).tail(1)
     per_seed = last.groupby("optimizer", observed=True)
     lowest = lowest_losses(runs)
@@ -117,9 +122,10 @@ def finals_table(runs: pd.DataFrame, per_epoch: pd.Series, bench: dict | None,
     final = per_seed["train_loss"].mean()
     table = pd.DataFrame({
         "final train loss": final.map(lambda v: f"{v:.2f}"),
-        "range over seeds": per_seed["train_loss"].agg(lambda s: f"{s.min():.2f}–{s.max():.2f}" if len(s) > 1 else ""),
+        "train range over seeds": per_seed["train_loss"].agg(_range),
         "lowest train loss (epoch)": lowest.apply(lambda r: f"{r.train_loss:.2f} ({int(r.epoch)})", axis=1),
         "final test loss": per_seed["test_loss"].mean().map(lambda v: f"{v:.2f}"),
+        "test range over seeds": per_seed["test_loss"].agg(_range),
         "test − train": (per_seed["test_loss"].mean() - final).map(lambda v: f"{v:.2f}"),
         "seeds": per_seed["seed"].agg(lambda s: ",".join(map(str, sorted(s)))),
         "s / epoch": per_epoch.reindex(final.index).map(lambda v: fmt(v, 3)),
@@ -301,18 +307,24 @@ def ablation_runs(df: pd.DataFrame, variants: Mapping[str, str]) -> pd.DataFrame
 
 
 def final_by(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """Last epoch of each run, averaged over seeds per ``by``.  No time per epoch: the runs' recorded epochs
-    share the machine with whatever else ran, so their costs come from a quiet ``bench`` instead."""
+    """Last epoch of each run per ``by``: the mean over seeds of the train and test loss, the lowest and highest
+    train loss of the seeds, and the number of seeds.  No time per epoch: the runs' recorded epochs share the
+    machine with whatever else ran, so their costs come from a quiet ``bench`` instead."""
     last = df.sort_values("epoch").groupby("run_id").tail(1)
     return last.groupby(by, as_index=False).agg(
-        final_train_loss=("train_loss", "mean"), final_test_loss=("test_loss", "mean"), epochs=("epoch", "max"),
+        final_train_loss=("train_loss", "mean"), train_min=("train_loss", "min"), train_max=("train_loss", "max"),
+        final_test_loss=("test_loss", "mean"), seeds=("seed", "nunique"), epochs=("epoch", "max"),
         diverged=("status", lambda s: int((s == "diverged").sum())),
     )
 
 
 def shown(table: pd.DataFrame) -> pd.DataFrame:
-    """A :func:`final_by` table for reading: losses to 4 significant digits (a regression-checked table)."""
+    """A :func:`final_by` table for reading: losses to 4 significant digits (a regression-checked table), the
+    train range over seeds where there are several."""
     table = table.copy()
+    table.insert(table.columns.get_loc("train_min"), "train range over seeds",
+                 [f"{lo:.4g}–{hi:.4g}" if n > 1 else "" for lo, hi, n in zip(table["train_min"], table["train_max"], table["seeds"])])
+    table = table.drop(columns=["train_min", "train_max"])
     for col in ("final_train_loss", "final_test_loss"):
         table[col] = table[col].map(lambda v: f"{v:.4g}")
     return table.rename(columns={"final_train_loss": "final train loss", "final_test_loss": "final test loss"})

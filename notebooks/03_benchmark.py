@@ -42,8 +42,9 @@
 # [Reproduce](../book/reproduce.md) page (or by this notebook with `--profile paper --dataset
 # fashion-mnist`, which runs them itself); on the 2-core CPU of these results their training takes
 # about {glue:text}`paper_hours_halving` hours for the successive halving of the ten optimizers (its
-# survivors are the seed-0 finals) and {glue:text}`paper_hours_seeds` hours for seeds 1 and 2 of all
-# ten (computed from the measured cost per epoch, evaluation included); on a GPU, minutes.
+# survivors are the seed-0 finals), {glue:text}`paper_hours_seeds` hours for seeds 1 and 2 of all
+# ten and {glue:text}`paper_hours_ablations` hours for LocoProp-M's T ablation and LocoProp at the official
+# setting (computed from the measured cost per epoch, evaluation included); on a GPU, minutes.
 # :::
 #
 # :::{admonition} At a glance
@@ -87,24 +88,22 @@ import torch
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from locoprop.experiments import data, executors, report
+from locoprop.experiments import data, executors, protocol, report
 from locoprop.experiments.claims import verdicts
 from locoprop.experiments.config import OFFICIAL_HPARAMS, PROFILES, RunConfig, default_results_dir
-from locoprop.experiments.executors import protocol_plan
 from locoprop.experiments.plotting import LABELS, PALETTE, cut_loss_axis, log_loss_axis, panel_grid
 from locoprop.experiments.results import bench_report, frame, load_results, load_runs, summary, time_to_target
-from locoprop.experiments.sweep import sweep, tune
+from locoprop.experiments.sweep import sweep
 from locoprop.experiments.train import run
 from locoprop.experiments.records import find_result
-from locoprop.experiments.tuning import (BUDGET, GRIDS, RUNGS, TRIAL_HORIZON, finalist_configs, finals, halving,
-                                         same_total_step, tuned)
+from locoprop.experiments.tuning import BUDGET, GRIDS, RUNGS, TRIAL_HORIZON, finalist_configs, finals, halving, tuned
 from locoprop.models import deep_autoencoder, entropy_floor, mean_image_loss, reconstruction_loss
 from locoprop.optim import FIRST_ORDER, OPTIMIZERS
 
 sns.set_theme(context="notebook", style="whitegrid", font_scale=1.15)
 pd.set_option("display.max_colwidth", None)  # tables show whole cells (the claims' evidence, the grids), not "..."
 ORDER = report.ORDER
-PAPER_SEEDS = [0, 1, 2]
+PAPER_SEEDS = list(protocol.SEEDS)
 results_root = Path(results_dir) if results_dir else default_results_dir()
 labelled, setting_text, fmt = report.labelled, report.setting_text, report.fmt
 
@@ -122,8 +121,8 @@ print(f"profile={profile} dataset={dataset} device={device} seeds={seeds}")
 #
 # ### The runs
 #
-# At the paper profile this notebook runs the tuning and the finalists itself (hours on a CPU,
-# resumable: `tune` below); at the smoke profile it only loads the paper-scale result files that
+# At the paper profile this notebook runs the whole protocol itself (`locoprop.experiments.protocol`: hours on
+# a CPU, resumable); at the smoke profile it only loads the paper-scale result files that
 # exist. Which are there is listed below. Every optimizer is tuned twice: by successive halving on
 # the protocol's own 100-epoch schedule, whose survivor is the optimizer's seed-0 final, and by the
 # earlier short search of 5-epoch trials, kept as evidence. The full runs shown for an optimizer are
@@ -132,10 +131,11 @@ print(f"profile={profile} dataset={dataset} device={device} seeds={seeds}")
 
 # %% tags=["hide-input"]
 paper_dataset = dataset if profile == "paper" else "fashion-mnist"
-bases = {name: RunConfig(optimizer=name, profile="paper", dataset=paper_dataset, device=device if profile == "paper"
-                         else "cpu", results_dir=results_dir) for name in OPTIMIZERS}
-if profile == "paper":  # train what is missing (finished runs are loaded): every search, then seeds 1 and 2
-    tune(bases.values(), seeds=PAPER_SEEDS, progress=False, executor=executors.from_parameter(executor))
+bases = protocol.bases(OPTIMIZERS, dataset=paper_dataset, device=device if profile == "paper" else "cpu",
+                       results_dir=results_dir)
+if profile == "paper":  # train what the protocol lacks (finished runs are loaded): searches, seeds, T ablation, official
+    protocol.run({name: bases[name] for name in protocol.ORDER}, executor=executors.from_parameter(executor),
+                 progress=False)
 short = {name: tuned(base) for name, base in bases.items()}
 halvings = {name: halving(base) for name, base in bases.items()}
 final_sets = {name: finals(base, PAPER_SEEDS, halvings[name], short[name]) for name, base in bases.items()}
@@ -165,8 +165,8 @@ if have_paper:
     HARDWARE = report.device_text(one)
     PRECISION = "float32"
 elif not missing_data:
-    display(Markdown("**No paper-scale results yet.** Run `python -m locoprop tune --profile paper --dataset "
-                     "fashion-mnist --optimizer ... --finalists --seeds 0` (see the Reproduce page)."))
+    display(Markdown("**No paper-scale results yet.** Run `python -m locoprop protocol --profile paper --dataset "
+                     "fashion-mnist` (see the Reproduce page)."))
 
 # %% [markdown]
 # ### Tuning: successive halving on the protocol's own horizon
@@ -389,8 +389,8 @@ if have_paper:
 # steps, a matrix inverse or inverse root per layer. The table compares what was measured here.
 
 # %% tags=["hide-input"]
-estimates = {key: "(not measured yet)" for key in ("paper_hours_halving", "paper_hours_seeds", "cost_m_over_kfac",
-                                                   "cost_m_over_shampoo")}
+estimates = {key: "(not measured yet)" for key in ("paper_hours_halving", "paper_hours_seeds", "paper_hours_ablations",
+                                                   "cost_m_over_kfac", "cost_m_over_shampoo")}
 if BENCH is not None:
     rows = {row["optimizer"]: row for row in BENCH["rows"] if row.get("precision", "fp32") == "fp32"}
     # beside the full runs' median recorded epoch, which is immune to their pauses
@@ -413,12 +413,13 @@ if BENCH is not None:
             "times are not used for the wall-clock figures: the runs were paused at times, or shared the cores, "
             "while other work ran on this machine, so their totals exceed epochs × their median epoch by up to "
             f"{excess.max():.0f} s."))
-    plan = protocol_plan(BENCH).set_index("part")  # the protocol's jobs and CPU-hours, from the measured costs
+    plan = protocol.cluster_plan(BENCH).set_index("part")  # the protocol's jobs and CPU-hours, from the measured costs
     glue("cluster_plan", report.corner(plan), display=False)
     threads = int(prov.get("threads") or 1)
     estimates.update({
         "paper_hours_halving": plan.loc[plan.index.str.startswith("halving"), "CPU-hours"].sum() / threads,
         "paper_hours_seeds": plan.loc[plan.index.str.startswith("seeds"), "CPU-hours"].sum() / threads,
+        "paper_hours_ablations": plan.loc[plan.index.str.startswith("T ablation"), "CPU-hours"].sum() / threads,
     })
     for rival in ("kfac", "shampoo"):
         if "locoprop-m" in rows and rival in rows:
@@ -441,13 +442,10 @@ for key, value in estimates.items():
 # setting, which fixes $T = 10$.
 
 # %% tags=["hide-input"]
-T_VALUES = [1, 2, 5]
+T_VALUES = list(protocol.T_VALUES)
 t_results, t_table, t_reach = [], pd.DataFrame(), None
-if have_paper and settings.get("locoprop-m"):
-    loco_base = dataclasses.replace(bases["locoprop-m"], hparams=dict(settings["locoprop-m"]), seed=0)
-    t_configs = [same_total_step(loco_base, T) for T in T_VALUES]
-    if profile == "paper":
-        sweep(t_configs, progress=False, executor=executors.from_parameter(executor))
+t_configs = protocol.t_ablation(bases["locoprop-m"])  # empty until LocoProp-M's halving is complete
+if have_paper and t_configs:
     ten = [r for r in final_sets["locoprop-m"].results if r.config.seed == 0]
     t_results = [r for r in map(find_result, t_configs) if r is not None] + ten
 if t_results:
@@ -486,10 +484,7 @@ else:
 # the tuned final of the same seed.
 
 # %% tags=["hide-input"]
-official_configs = {name: dataclasses.replace(bases[name], hparams=dict(hp)) for name, hp in OFFICIAL_HPARAMS.items()}
-if profile == "paper":
-    sweep(official_configs.values(), progress=False, executor=executors.from_parameter(executor))
-official_runs = {name: find_result(config) for name, config in official_configs.items()}
+official_runs = {name: find_result(config) for name, config in protocol.official(bases).items()}
 tuned_zero = {name: next((r for r in final_sets[name].results if r.config.seed == 0), None) for name in OFFICIAL_HPARAMS}
 official_pairs = {LABELS[name]: (run_.final["train_loss"], tuned_zero[name].final["train_loss"])
                   for name, run_ in official_runs.items() if run_ is not None and tuned_zero[name] is not None}

@@ -1,5 +1,5 @@
 """Executors without a cluster: choosing one, the notebooks' parameter, submissions that cannot be
-made, interruptions while a checkpoint is written, and the protocol's plan in jobs and CPU-hours.
+made, why a task failed, and interruptions while a checkpoint is written.
 
 The runs on a real SLURM are in ``test_slurm.py``.
 """
@@ -14,10 +14,9 @@ import pytest
 
 from locoprop.experiments import checkpoints, cli, executors
 from locoprop.experiments.config import RunConfig
-from locoprop.experiments.executors import Local, Slurm, from_parameter, protocol_plan
+from locoprop.experiments.executors import Local, Slurm, from_parameter
 from locoprop.experiments.train import run
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--optimizer", "sgd", "--subset", "300", "--epochs", "3", "--quiet"]
 
 
@@ -188,60 +187,3 @@ def test_an_interruption_while_a_checkpoint_is_written_waits_for_it(monkeypatch,
     timing = ("epoch_time", "train_time")
     assert [{k: v for k, v in r.items() if k not in timing} for r in resumed.records] == \
            [{k: v for k, v in r.items() if k not in timing} for r in plain.records]
-
-
-# --------------------------------------------------------------------------- the protocol as jobs
-REPORT = {
-    "evaluation_s": 18.0,
-    "provenance": {"threads": 2},
-    "rows": [
-        {"optimizer": "sgd", "precision": "fp32", "epoch_s": 90.0},
-        {"optimizer": "sgd", "precision": "bf16", "epoch_s": 1.0},  # not the protocol's precision
-        {"optimizer": "locoprop-m", "precision": "fp32", "epoch_s": 270.0},
-    ],
-}
-
-
-def test_the_plan_prices_every_part_of_the_protocol():
-    ablations = [RunConfig(optimizer="locoprop-m", profile="paper", hparams={"local_iters": t}) for t in (5, 20, 20)]
-    plan = protocol_plan(REPORT, finalists=["locoprop-m"], ablations=ablations).set_index("part")
-    # successive halving, per optimizer: 8 trials x 10 epochs, 4 x 15, 2 x 25, 1 x 50; both optimizers
-    # cost (90 + 18) s and (270 + 18) s per epoch on 2 threads
-    per_epoch = (90 + 18 + 270 + 18) * 2 / 3600
-    halving = plan.iloc[:4]
-    assert list(halving["jobs"]) == [16, 8, 4, 2] and list(halving["arrays"]) == [2, 2, 2, 2]
-    assert list(halving["epochs"]) == [160, 120, 100, 100]
-    assert list(halving["CPU-hours"]) == pytest.approx([80 * per_epoch, 60 * per_epoch, 50 * per_epoch,
-                                                        50 * per_epoch], abs=0.05)
-    seeds = plan.loc["seeds 1 and 2 of 1 finalists"]
-    assert (seeds["arrays"], seeds["jobs"], seeds["epochs"]) == (1, 2, 200)
-    assert seeds["CPU-hours"] == pytest.approx(200 * 288 * 2 / 3600, abs=0.05)
-    ablation = plan.loc["ablations"]  # two distinct runs of 100 epochs, 3 + 2T products a step against 23 at T = 10
-    assert (ablation["jobs"], ablation["epochs"]) == (2, 200)
-    expected = 100 * (270 * 13 / 23 + 18 + 270 * 43 / 23 + 18) * 2 / 3600
-    assert ablation["CPU-hours"] == pytest.approx(expected, abs=0.05)
-    total = plan.loc["total"]
-    assert (total["jobs"], total["epochs"]) == (30 + 2 + 2, 480 + 200 + 200)
-    assert total["CPU-hours"] == pytest.approx(480 * per_epoch / 2 + 200 * 288 * 2 / 3600 + expected, abs=0.05)
-
-
-def test_the_plan_of_the_committed_benchmark_report():
-    reports = [json.loads(p.read_text()) for p in sorted((ROOT / "data" / "results" / "bench").glob("*.json"))]
-    tuned = [r for r in reports if r["settings"].get("tuned")]
-    if not tuned:
-        pytest.skip("no benchmark report of the tuned settings under data/results/bench/")
-    report = tuned[-1]
-    optimizers = {r["optimizer"] for r in report["rows"] if r.get("precision", "fp32") == "fp32"}
-    plan = protocol_plan(report).set_index("part")
-    # 240 epochs of trials per optimizer (8 x 10 + 4 x 15 + 2 x 25 + 1 x 50), 15 jobs in 4 arrays
-    assert plan.iloc[:4]["epochs"].sum() == 240 * len(optimizers)
-    assert plan.iloc[:4]["jobs"].sum() == 15 * len(optimizers) and plan.iloc[:4]["arrays"].sum() == 4 * len(optimizers)
-    assert plan.iloc[4]["jobs"] == 2 * len(optimizers) and plan.iloc[4]["epochs"] == 200 * len(optimizers)
-    assert (plan["CPU-hours"].iloc[:-1] > 0).all()
-
-
-def test_a_plan_needs_the_costs_it_prices():
-    with pytest.raises(ValueError, match="no float32 row of kfac"):
-        protocol_plan(REPORT, finalists=["kfac"])
-    with pytest.raises(ValueError, match="no float32 rows"):
-        protocol_plan({"rows": [{"optimizer": "sgd", "precision": "bf16", "epoch_s": 1.0}]})

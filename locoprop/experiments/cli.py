@@ -1,4 +1,4 @@
-"""Command line: ``python -m locoprop {run,sweep,tune,results,bench,reproduce} ...`` (``--help`` on each).
+"""Command line: ``python -m locoprop {run,sweep,tune,protocol,results,bench,reproduce} ...`` (``--help`` on each).
 
 Expected errors (bad arguments, missing data, invalid hyper-parameters, conflicting result files, a
 SLURM job array that cannot be submitted) exit with status 2 and one line ``locoprop: error: <cause>``
@@ -19,7 +19,7 @@ import pandas as pd
 
 from ..optim import OPTIMIZERS
 from ..precision import PRECISIONS
-from . import bench, executors, reproduce
+from . import bench, executors, protocol, reproduce
 from .parsing import Parser
 from .config import PROFILES, RunConfig, default_results_dir, grid
 from .data import DataError
@@ -144,6 +144,24 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated time, train nothing")
     _add_common(p)
 
+    p = sub.add_parser("protocol", help="the paper's whole protocol, resumable: tuning, seeds, T ablation, official setting",
+                       description="Train what the paper's protocol still lacks (locoprop.experiments.protocol): every "
+                                   "optimizer's successive halving and seeds 1 and 2 of its survivor, LocoProp-M first; "
+                                   "right after LocoProp-M's, its T ablation and LocoProp at the official notebook's "
+                                   "setting.  Finished runs are loaded; the same command continues where it stopped.",
+                       epilog="example: python -m locoprop protocol --profile paper --dataset fashion-mnist --dry-run")
+    p.add_argument("--optimizer", action="append", metavar="NAME[,NAME...]",
+                   help="only these optimizers, in this order (default: all ten, LocoProp-M first)")
+    p.add_argument("--profile", choices=tuple(PROFILES), default="paper", help="default: paper")
+    p.add_argument("--dataset", choices=("digits", "mnist", "fashion-mnist"),
+                   help="default: the profile's (fashion-mnist for paper)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: the profile's)")
+    p.add_argument("--results-dir", help="default: data/results of the checkout the command runs in")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print every part, what the result files already hold of it and the time the rest takes")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    executors.add_arguments(p, processes=False)
+
     p = sub.add_parser("results", help="list or summarise result files",
                        description="List the runs found under the results folder, or summarise them.",
                        epilog="example: python -m locoprop results --profile smoke --summary")
@@ -252,6 +270,21 @@ def _cmd_tune(args) -> int:
     return 0
 
 
+def _cmd_protocol(args) -> int:
+    names = ([n.strip() for group in args.optimizer for n in group.split(",") if n.strip()]
+             if args.optimizer else list(protocol.ORDER))
+    unknown = [n for n in names if n not in OPTIMIZERS]
+    if unknown:
+        raise ValueError(f"unknown optimizer(s) {', '.join(unknown)}: choose from {', '.join(OPTIMIZERS)}")
+    runs = protocol.bases(list(dict.fromkeys(names)), profile=args.profile, dataset=args.dataset, device=args.device,
+                          results_dir=args.results_dir)
+    print(protocol.plan(runs))
+    if args.dry_run:
+        return 0
+    _report(protocol.run(runs, executor=executors.from_arguments(args), progress=not args.quiet))
+    return 0
+
+
 def _cmd_results(args) -> int:
     root = Path(args.results_dir) if args.results_dir is not None else default_results_dir()
     if not root.is_dir():
@@ -287,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == ["reproduce"]:
             return reproduce.main(argv[1:])
         args = _build_parser().parse_args(argv)
-        return {"run": _cmd_run, "sweep": _cmd_sweep, "tune": _cmd_tune, "results": _cmd_results}[args.command](args)
+        return {"run": _cmd_run, "sweep": _cmd_sweep, "tune": _cmd_tune, "protocol": _cmd_protocol,
+                "results": _cmd_results}[args.command](args)
     except (ValueError, DataError) as err:
         print(f"locoprop: error: {err}", file=sys.stderr)
         return 2

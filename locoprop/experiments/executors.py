@@ -25,9 +25,6 @@ cluster refuses) raises :exc:`SubmissionError`, a ``ValueError`` (``locoprop: er
 
 The notebooks take their executor as one papermill parameter, ``executor``: None (local) or the
 JSON-able dict of :meth:`Slurm.parameter`; :func:`from_parameter` turns it back into an executor.
-
-:func:`protocol_plan` maps the paper's protocol onto jobs and prices it in CPU-hours from a
-benchmark report (``python -m locoprop bench --tuned``).
 """
 from __future__ import annotations
 
@@ -42,24 +39,21 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import submitit
 import torch
 
-from ..optim.locoprop import LocoProp
-from .config import PROFILES, RunConfig
+from .config import RunConfig
 from .records import RunResult, find_result
 from .train import run
-from .tuning import BUDGET, RUNGS
 
 __all__ = ["EXECUTORS", "ClusterError", "Local", "Slurm", "SubmissionError", "add_arguments", "from_arguments",
-           "from_parameter", "protocol_plan", "reached"]
+           "from_parameter", "reached"]
 
 EXECUTORS = ("local", "slurm")
 #: Folder of the SLURM tasks' logs under the results folder (git-ignored).
@@ -353,74 +347,3 @@ def from_arguments(args: argparse.Namespace) -> Local | Slurm:
     if processes != 1:
         raise ValueError("--processes applies to --executor local only (each SLURM task is one run)")
     return Slurm(**given)
-
-
-# --------------------------------------------------------------------------- the protocol on a cluster
-def _local_iters_default() -> int:
-    import inspect
-
-    return int(inspect.signature(LocoProp).parameters["local_iters"].default)
-
-
-def protocol_plan(report: dict[str, Any], finalists: Iterable[str] | None = None,
-                  ablations: Iterable[RunConfig] = (), seeds: Sequence[int] = (1, 2),
-                  profile: str = "paper") -> pd.DataFrame:
-    """The paper's protocol as SLURM jobs, priced from a benchmark report.
-
-    ``report``: a ``python -m locoprop bench --tuned`` report (its float32 ``rows`` give each
-    optimizer's ``epoch_s``, its ``evaluation_s`` the evaluation after every epoch and its
-    ``provenance.threads`` the CPUs they ran on).  Rows, one per part: each rung of the successive
-    halving (one array per optimizer of the report: :data:`~locoprop.experiments.tuning.BUDGET`
-    trials, halved at every rung, each training from the previous rung to this one; extensions beyond
-    a grid's edge, 10 epochs each, are not counted), the extra ``seeds`` of the ``finalists`` (default:
-    every optimizer of the report; one array of full runs), the ``ablations`` if given (one array;
-    LocoProp's cost per epoch scaled by its matrix products per step, 3 + 2T for T local iterations),
-    and the total.  Columns: ``part``, ``arrays``, ``jobs``, ``epochs`` (all jobs together) and
-    ``CPU-hours`` (epochs x (epoch_s + evaluation_s) x threads, to a tenth of an hour).
-    """
-    rows = {r["optimizer"]: r for r in report["rows"] if r.get("precision", "fp32") == "fp32"}
-    if not rows:
-        raise ValueError("the benchmark report has no float32 rows: run `python -m locoprop bench --tuned` first")
-    evaluation = float(report.get("evaluation_s", 0.0))
-    threads = int(report.get("provenance", {}).get("threads") or report.get("settings", {}).get("threads") or 1)
-    epochs_full = PROFILES[profile].epochs
-    rungs = (0,) + tuple(r for r in RUNGS[profile] if r < epochs_full) + (epochs_full,)
-    rungs = tuple(dict.fromkeys(rungs))
-
-    def cpu_hours(pairs: Iterable[tuple[str, float, float]]) -> float:
-        """(optimizer, epochs, training-cost factor) -> CPU-hours."""
-        return sum(e * (rows[o]["epoch_s"] * f + evaluation) for o, e, f in pairs) * threads / 3600
-
-    def unknown(names):
-        missing = sorted(set(names) - set(rows))
-        if missing:
-            raise ValueError(f"the benchmark report has no float32 row of {', '.join(missing)}")
-
-    plan = []
-    for i, (start, end) in enumerate(zip(rungs, rungs[1:])):
-        trials = max(1, BUDGET // 2 ** i)
-        plan.append({"part": f"halving, rung {i + 1} (epochs {start + 1}-{end})", "arrays": len(rows),
-                     "jobs": trials * len(rows), "epochs": trials * (end - start) * len(rows),
-                     "CPU-hours": cpu_hours((o, trials * (end - start), 1.0) for o in rows)})
-    finalists = list(rows) if finalists is None else list(dict.fromkeys(finalists))
-    unknown(finalists)
-    if seeds and finalists:
-        jobs = len(finalists) * len(seeds)
-        plan.append({"part": f"seeds {' and '.join(map(str, seeds))} of {len(finalists)} finalists", "arrays": 1,
-                     "jobs": jobs, "epochs": jobs * epochs_full,
-                     "CPU-hours": cpu_hours((o, epochs_full * len(seeds), 1.0) for o in finalists)})
-    distinct = {c.run_id: c.resolve() for c in ablations}
-    if distinct:
-        unknown(c.optimizer for c in distinct.values())
-        default_t = _local_iters_default()
-
-        def factor(c):
-            return (3 + 2 * c.hparams.get("local_iters", default_t)) / (3 + 2 * default_t)
-
-        plan.append({"part": "ablations", "arrays": 1, "jobs": len(distinct),
-                     "epochs": sum(c.epochs for c in distinct.values()),
-                     "CPU-hours": cpu_hours((c.optimizer, c.epochs, factor(c)) for c in distinct.values())})
-    plan.append({"part": "total", **{k: sum(p[k] for p in plan) for k in ("arrays", "jobs", "epochs", "CPU-hours")}})
-    table = pd.DataFrame(plan, columns=["part", "arrays", "jobs", "epochs", "CPU-hours"])
-    table["CPU-hours"] = table["CPU-hours"].round(1)
-    return table

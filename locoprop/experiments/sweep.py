@@ -21,7 +21,7 @@ from .train import check, progress_disabled, trainable
 from .tuning import (BUDGET, SEARCHES, TRIAL_HORIZON, best_setting, edges, extension, finalist_configs, grid_configs,
                      halving, halving_grid, halving_trial, rungs_of, trial_config, tuned)
 
-__all__ = ["sweep", "tune", "tune_plan"]
+__all__ = ["check_tuning", "epoch_cost", "plan_text", "sweep", "tune", "tune_lines", "tune_plan"]
 
 
 def sweep(configs: Iterable[RunConfig], processes: int = 1, progress: bool = True,
@@ -53,21 +53,9 @@ def sweep(configs: Iterable[RunConfig], processes: int = 1, progress: bool = Tru
     return [results[rid] for rid in ids]
 
 
-def tune(bases, seeds=(), processes: int = 1, progress: bool = True, report=print, search: str = "halving",
-         executor: Local | Slurm | dict | None = None) -> list:
-    """Run the search of every base configuration in turn, then the winners with the full protocol, seed by seed.
-
-    ``search``: ``"halving"`` (successive halving on the protocol's own horizon; its survivor is the
-    seed-0 final) or ``"short"`` (the 5-epoch trials, grid then extensions; every finalist seed
-    trains).  ``bases``: one float32 :class:`~locoprop.experiments.config.RunConfig` per optimizer (the full
-    protocol: profile, dataset, device ...).  Every trial's configuration and every base is checked
-    before anything trains (a finalist differs from its base only in tuned hyper-parameters and
-    seed); finished runs are loaded, not retrained, so calling this again continues where it
-    stopped.  ``report`` gets a line per optimizer naming its winner.  Returns the results of the
-    trials (the halving's as they stood at their last rung) and of the finalists.  ``executor``: where
-    the runs train (see :func:`sweep`); with SLURM, every rung of a halving, the grid and every
-    extension of the short search, and the finalists of each seed are one job array each.
-    """
+def check_tuning(bases, search: str = "halving") -> list[RunConfig]:
+    """Check every trial's configuration and every base of a ``search`` (a finalist differs from its base only in
+    tuned hyper-parameters and seed) before anything trains; returns the bases as a list."""
     if search not in SEARCHES:
         raise ValueError(f"unknown search {search!r}: choose one of {', '.join(SEARCHES)}")
     bases = list(bases)
@@ -79,6 +67,24 @@ def tune(bases, seeds=(), processes: int = 1, progress: bool = True, report=prin
         for config in (grid_configs(base) if search == "short" else [halving_trial(base, c.hparams) for c in halving_grid(base)]):
             check(config)
         check(base)
+    return bases
+
+
+def tune(bases, seeds=(), processes: int = 1, progress: bool = True, report=print, search: str = "halving",
+         executor: Local | Slurm | dict | None = None) -> list:
+    """Run the search of every base configuration in turn, then the winners with the full protocol, seed by seed.
+
+    ``search``: ``"halving"`` (successive halving on the protocol's own horizon; its survivor is the
+    seed-0 final) or ``"short"`` (the 5-epoch trials, grid then extensions; every finalist seed
+    trains).  ``bases``: one float32 :class:`~locoprop.experiments.config.RunConfig` per optimizer (the full
+    protocol: profile, dataset, device ...).  Every trial's configuration and every base is checked
+    before anything trains (:func:`check_tuning`); finished runs are loaded, not retrained, so calling
+    this again continues where it stopped.  ``report`` gets a line per optimizer naming its winner.  Returns the results of the
+    trials (the halving's as they stood at their last rung) and of the finalists.  ``executor``: where
+    the runs train (see :func:`sweep`); with SLURM, every rung of a halving, the grid and every
+    extension of the short search, and the finalists of each seed are one job array each.
+    """
+    bases = check_tuning(bases, search)
     best, results = {}, []
     for base in bases:  # one optimizer's search to its end before the next one's
         if search == "halving":
@@ -122,12 +128,27 @@ def _recorded(base: RunConfig, search: str, seeds) -> tuple[int, bool, int]:
     return trained, complete, sum(c.resolve().epochs for c in seed_runs if find_result(c) is not None)
 
 
-def tune_plan(bases, search: str = "halving", seeds=()) -> str:
-    """What :func:`tune` will train, in epochs per optimizer, what of it the result files already hold, and how long
-    the rest takes at the cost per epoch (training and evaluation) of the newest ``bench --tuned`` report of the
-    dataset under the results folder, when there is one.  The search's trials are counted as planned until it
-    is complete (a trial beyond the grid's edge adds epochs), so the time is an upper bound."""
-    lines, hours, priced = [], 0.0, True
+def epoch_cost(config: RunConfig) -> float | None:
+    """Seconds per epoch (training and evaluation) of ``config.optimizer`` in the newest float32 ``bench --tuned``
+    report of its dataset under its results folder; None without one."""
+    cfg = config.resolve()
+    report = bench_report(Path(cfg.results_dir) / "bench", tuned=True, dataset=cfg.dataset)
+    rows = {} if report is None else {r["optimizer"]: r["epoch_s"] for r in report["rows"]
+                                      if r.get("precision", "fp32") == "fp32"}
+    return rows[cfg.optimizer] + report.get("evaluation_s", 0.0) if cfg.optimizer in rows else None
+
+
+def plan_text(lines: list[str], hours: float | None) -> str:
+    """A plan's lines and its estimated time (None: some part has no measured cost)."""
+    estimate = (f"at most {hours:.1f} h for the epochs to go, at the cost per epoch measured by "
+                f"`python -m locoprop bench --tuned` (evaluation included)" if hours is not None else
+                "no estimate: no `python -m locoprop bench --tuned` report prices every optimizer on this dataset")
+    return "plan:\n" + "\n".join(lines) + f"\nestimated time: {estimate}"
+
+
+def tune_lines(bases, search: str = "halving", seeds=()) -> tuple[list[str], float | None]:
+    """:func:`tune_plan`'s lines, two per optimizer, and the hours of the epochs to go (None if not all priced)."""
+    lines, hours = [], 0.0
     for base in bases:
         cfg = base.resolve()
         if search == "halving":
@@ -149,14 +170,14 @@ def tune_plan(bases, search: str = "halving", seeds=()) -> str:
                                                       f"({finals} epochs)" if extra else "") + f": {trials + finals} epochs"
                      + f"\n    recorded: {trained} epochs of trials" + (" (search complete)" if complete else "")
                      + (f", {seeds_done} of the seeds' {finals}" if extra else "") + f"; to go: {left} epochs")
-        report = bench_report(Path(cfg.results_dir) / "bench", tuned=True, dataset=cfg.dataset)
-        rows = {} if report is None else {r["optimizer"]: r["epoch_s"] for r in report["rows"]
-                                          if r.get("precision", "fp32") == "fp32"}
-        if cfg.optimizer in rows:
-            hours += left * (rows[cfg.optimizer] + report.get("evaluation_s", 0.0)) / 3600
-        else:
-            priced = False
-    estimate = (f"at most {hours:.1f} h for the epochs to go, at the cost per epoch measured by "
-                f"`python -m locoprop bench --tuned` (evaluation included)" if priced else
-                "no estimate: no `python -m locoprop bench --tuned` report prices every optimizer on this dataset")
-    return "plan:\n" + "\n".join(lines) + f"\nestimated time: {estimate}"
+        cost = epoch_cost(cfg)
+        hours = None if hours is None or cost is None else hours + left * cost / 3600
+    return lines, hours
+
+
+def tune_plan(bases, search: str = "halving", seeds=()) -> str:
+    """What :func:`tune` will train, in epochs per optimizer, what of it the result files already hold, and how long
+    the rest takes at the cost per epoch (training and evaluation) of the newest ``bench --tuned`` report of the
+    dataset under the results folder, when there is one.  The search's trials are counted as planned until it
+    is complete (a trial beyond the grid's edge adds epochs), so the time is an upper bound."""
+    return plan_text(*tune_lines(bases, search, seeds))

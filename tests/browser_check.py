@@ -204,12 +204,17 @@ async function measure(page, width) {
   if (w.MathJax && w.MathJax.startup) await w.MathJax.startup.promise;
   await d.fonts.ready;
   await new Promise(r => setTimeout(r, 200));
+  // what a reader can unfold is measured unfolded: collapsed code cells, outputs and admonitions
+  let unfolded = 0;
+  for (const det of d.querySelectorAll("details:not([open])")) { det.open = true; unfolded++; }
+  for (const el of d.querySelectorAll(".toggle-hidden")) { el.classList.remove("toggle-hidden"); unfolded++; }
+  await new Promise(r => setTimeout(r, 100));
   const tex = new Map();
   try { for (const item of w.MathJax.startup.document.math) tex.set(item.typesetRoot, item.math); } catch (e) {}
   const scrollsX = el => ["auto", "scroll"].includes(w.getComputedStyle(el).overflowX);
   const inScroller = el => { for (let a = el.parentElement; a && a !== d.body; a = a.parentElement)
                                if (scrollsX(a)) return true; return false; };
-  const out = {width, viewport: w.innerWidth, page_width: d.documentElement.scrollWidth, n_math: 0,
+  const out = {width, viewport: w.innerWidth, page_width: d.documentElement.scrollWidth, n_math: 0, unfolded,
                clipped: [], off_page: [], scrolled: [], page_overflow: [],
                n_tables: 0, wide_tables: [], n_code: 0, clipped_code: [], scrolled_code: []};
   for (const el of d.querySelectorAll("mjx-container")) {
@@ -239,14 +244,14 @@ async function measure(page, width) {
                            return null; };
   const snippet = el => (el.textContent || "").trim().replace(/\\s+/g, " ").slice(0, 70);
   for (const table of article.querySelectorAll("table")) {
-    if (!table.getClientRects().length) continue;  // inside a collapsed block
+    if (!table.getClientRects().length) continue;  // not displayed at all
     out.n_tables++;
     const over = (scroller(table) || table).getBoundingClientRect().right - column;
     if (over > 1) out.wide_tables.push({text: snippet(table), over: Math.round(over)});
   }
   const code = "pre, div.highlight, div.cell_input, div.cell_output, div.output, div.pasted-block, code.literal";
   for (const el of article.querySelectorAll(code)) {
-    if (!el.clientWidth) continue;  // collapsed, or an inline element
+    if (!el.clientWidth) continue;  // not displayed, or an inline element
     out.n_code++;
     const over = el.scrollWidth - el.clientWidth;
     if (over <= 1) continue;

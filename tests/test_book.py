@@ -260,6 +260,9 @@ def test_no_table_or_code_is_cut_off(math_layouts):
     assert not failures, "\n".join(failures)
     status = math_layouts["book/status.html"]
     assert all(layout["n_tables"] >= 2 for layout in status), "the status page's tables were not measured"
+    # the collapsed code cells of the notebooks were unfolded and measured too
+    benchmark = math_layouts["notebooks/03_benchmark.html"]
+    assert all(layout["unfolded"] >= 10 for layout in benchmark), "the benchmark notebook's cells were not unfolded"
 
 
 def test_math_is_laid_out_at_both_widths(math_layouts):

@@ -79,10 +79,11 @@ def tune(bases, seeds=(), processes: int = 1, progress: bool = True, report=prin
     trains).  ``bases``: one float32 :class:`~locoprop.experiments.config.RunConfig` per optimizer (the full
     protocol: profile, dataset, device ...).  Every trial's configuration and every base is checked
     before anything trains (:func:`check_tuning`); finished runs are loaded, not retrained, so calling
-    this again continues where it stopped.  ``report`` gets a line per optimizer naming its winner.  Returns the results of the
-    trials (the halving's as they stood at their last rung) and of the finalists.  ``executor``: where
-    the runs train (see :func:`sweep`); with SLURM, every rung of a halving, the grid and every
-    extension of the short search, and the finalists of each seed are one job array each.
+    this again continues where it stopped.  ``report`` gets a line per optimizer naming its winner.
+    Returns the results of the trials (the halving's as they stood at their last rung) and of the
+    finalists.  ``executor``: where the runs train (see :func:`sweep`); with SLURM, every rung of a
+    halving, the grid and every extension of the short search, and the finalists of each seed are one
+    job array each.
     """
     bases = check_tuning(bases, search)
     best, results = {}, []

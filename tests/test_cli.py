@@ -12,6 +12,7 @@ import pytest
 
 from locoprop.experiments import data
 from locoprop.experiments.cli import main, parse_value
+from locoprop.experiments.config import RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--epochs", "2", "--subset", "200", "--quiet"]
@@ -210,7 +211,7 @@ def test_the_official_setting_command_names_the_runs_the_benchmark_notebook_read
     import dataclasses
 
     from locoprop.experiments import cli
-    from locoprop.experiments.config import OFFICIAL_HPARAMS, RunConfig
+    from locoprop.experiments.config import OFFICIAL_HPARAMS
 
     command = ("sweep --profile paper --dataset fashion-mnist --device cpu --quiet --optimizer locoprop-m,locoprop-s "
                "--hparam lr=1e-5 --hparam gamma=10").split()
@@ -223,3 +224,17 @@ def test_the_official_setting_command_names_the_runs_the_benchmark_notebook_read
         assert cli._base_config(args, name, 0).run_id == notebook.run_id
     book = (Path(__file__).resolve().parents[1] / "book" / "reproduce.md").read_text()
     assert "--optimizer locoprop-m,locoprop-s \\\n    --hparam lr=1e-5 --hparam gamma=10" in book
+
+
+def test_a_run_shows_its_progress_within_an_epoch(tmp_path, capsys, monkeypatch):
+    """Besides the bar over epochs, a bar over the steps of the current epoch (an epoch takes minutes at the
+    paper scale); forced on here, since tqdm hides its bars when stderr is not a terminal."""
+    from locoprop.experiments import train
+
+    monkeypatch.setattr(train, "progress_disabled", lambda progress: not progress)
+    # 300 images in batches of 100: 3 steps an epoch, 2 epochs
+    train.run(RunConfig(optimizer="sgd", subset=300, epochs=2, batch_size=100, results_dir=str(tmp_path)))
+    err = capsys.readouterr().err
+    # each epoch's bar counts its 3 steps (it is cleared when the epoch ends); the outer bar counts 2 epochs
+    assert re.search(r"epoch 1: +\d+%\|[^|]*\| [0-3]/3 \[", err) and re.search(r"epoch 2: +\d+%\|[^|]*\| [0-3]/3 \[", err)
+    assert re.search(r"_seed0_\w+: +\d+%\|[^|]*\| [0-2]/2 \[", err)

@@ -159,6 +159,23 @@ def test_the_plan_counts_what_the_result_files_hold(tmp_path, capsys):
     args = ["tune", "--optimizer", "sgd", "--finalists", "--seeds", "0,1", "--results-dir", str(tmp_path), "--quiet"]
     assert main([*args, "--dry-run"]) == 0
     assert "recorded: 0 epochs of trials, 0 of the seeds' 10; to go: 48 epochs" in capsys.readouterr().out
+    # a rung in progress counts as far as it went: three of the eight trials at the first rung (epoch 2) ...
+    from locoprop.experiments import sweep, tuning
+
+    base = RunConfig(optimizer="sgd", results_dir=str(tmp_path))
+    trials = [tuning.halving_trial(base, p.hparams) for p in tuning.halving_grid(base)]
+    def on_file():  # the reference: the epochs that the trials' own result files record
+        return sum(json.loads(p.read_text())["records"][-1]["epoch"] for p in tmp_path.rglob("*_seed0_*.json"))
+
+    sweep.sweep(trials[:3], progress=False, until=2)
+    assert main([*args, "--dry-run"]) == 0 and on_file() == 6  # 3 x 2 (none of them diverged)
+    assert "recorded: 6 epochs of trials, 0 of the seeds' 10; to go: 42 epochs" in capsys.readouterr().out
+    # ... then all eight there, and one of the four it keeps on to the second rung (epoch 5): 3 epochs more
+    sweep.sweep(trials, progress=False, until=2)
+    kept = tuning.halving(base).kept[0]
+    sweep.sweep([tuning.halving_trial(base, kept[0])], progress=False, until=5)
+    assert main([*args, "--dry-run"]) == 0 and on_file() == 19
+    assert "recorded: 19 epochs of trials, 0 of the seeds' 10; to go: 29 epochs" in capsys.readouterr().out
     assert main(args) == 0
     capsys.readouterr()
     # the reference: the epochs that the run files themselves record, seed 0 (the trials) and seed 1

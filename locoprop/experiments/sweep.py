@@ -117,10 +117,10 @@ def tune(bases, seeds=(), processes: int = 1, progress: bool = True, report=prin
 
 def _recorded(base: RunConfig, search: str, seeds) -> tuple[int, bool, int]:
     """What the files on disk hold of :func:`tune`'s work for ``base``: epochs of trials recorded (for a halving,
-    up to the last rung every trial reached), whether the search is complete, and epochs of its finalists' seeds."""
+    the rung in progress included), whether the search is complete, and epochs of its finalists' seeds."""
     if search == "halving":
         found = halving(base)
-        trained, complete = found.budget, found.complete
+        trained, complete = found.recorded, found.complete
         seed_runs = [] if not complete else [c for c in finalist_configs(base, found.setting, seeds) if c.seed != 0]
     else:
         found = tuned(base)

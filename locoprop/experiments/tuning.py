@@ -308,10 +308,16 @@ class Halving:
     setting: dict[str, Any] | None
     final: Any                   # RunResult of the survivor's full run, or None
     extensions: int = 0
+    partial: int = 0             # epochs the trials of the rung in progress have trained since the last rung reached
 
     @property
     def complete(self) -> bool:
         return self.setting is not None
+
+    @property
+    def recorded(self) -> int:
+        """Epochs of trials the result files hold: :attr:`budget`, and the rung in progress as far as it went."""
+        return self.budget + self.partial
 
     @property
     def budget(self) -> int:
@@ -352,7 +358,8 @@ def halving(base, advance=None) -> Halving:
                 seen += _advanced(population[-1:], rung, advance)
         missing = sum(r is None for r in seen)
         if missing:
-            return Halving(base.optimizer, rungs, kept, missing, None, None, extensions)
+            return Halving(base.optimizer, rungs, kept, missing, None, None, extensions,
+                           _partial(population, seen, rungs[-1][0] if rungs else 0, rung))
         ranked = sorted(seen, key=lambda r: (r.status not in ALIVE, r.final["train_loss"] if r.status in ALIVE else 0.0))
         rungs.append((rung, ranked))
         alive = [r for r in ranked if r.status in ALIVE]
@@ -367,6 +374,16 @@ def halving(base, advance=None) -> Halving:
     trial = halving_trial(base, setting)
     final = find_result(trial) or find_result(dataclasses.replace(trial, exits=()))
     return Halving(base.optimizer, rungs, kept, 0, setting, final, extensions)
+
+
+def _partial(configs, seen, start: int, rung: int) -> int:
+    """Epochs that the trials ``configs`` of a rung in progress (``seen``: each at the rung, or None) have trained
+    since the rung ``start``, from their result files (a trial stopped at ``start`` keeps that epoch)."""
+    epochs = 0
+    for config, at_rung in zip(configs, seen):
+        own = at_rung or find_result(config, stopped=True)
+        epochs += max(0, min(own.final["epoch"], rung) - start) if own is not None else 0
+    return epochs
 
 
 def _advanced(configs, rung: int, advance) -> list:

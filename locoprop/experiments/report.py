@@ -434,19 +434,9 @@ def rung_points(halvings: Mapping[str, Any]) -> pd.DataFrame:
 def searches_side_by_side(searches: Mapping[str, tuple[Any, Any, Any]], short_finals: Mapping[str, Any]) -> pd.DataFrame:
     """Per optimizer, the two searches' winners with their 100-epoch runs (seed 0; train and test loss at the
     end): the short search's (5-epoch trials) and successive halving's (trials on the protocol's own horizon)."""
-    rows = []
-    for name, (short, halved, final) in searches.items():
-        row = {"optimizer": LABELS[name]}
-        for label, setting, result in (
-                ("short search", short.setting, short_finals.get(name)),
-                ("successive halving", halved.setting, halved.final if halved.complete else None)):
-            row[(label, "winner")] = "" if setting is None else setting_text(setting)
-            row[(label, "final train")] = "" if result is None else f"{result.final['train_loss']:.2f}"
-            row[(label, "final test")] = "" if result is None else f"{result.final['test_loss']:.2f}"
-        rows.append(row)
-    table = pd.DataFrame(rows).set_index("optimizer")
-    table.columns = pd.MultiIndex.from_tuples(table.columns)
-    return table
+    return _side_by_side({LABELS[name]: [("short search", short.setting, short_finals.get(name)),
+                                         ("successive halving", halved.setting, halved.final if halved.complete else None)]
+                          for name, (short, halved, final) in searches.items()}, "winner")
 
 
 def official_table(official: Mapping[str, Mapping[str, Any]], runs: Mapping[str, Any],
@@ -454,15 +444,24 @@ def official_table(official: Mapping[str, Mapping[str, Any]], runs: Mapping[str,
     """Per LocoProp variant, its 100-epoch run (seed 0) at the official notebook's setting (``official``: name ->
     hyper-parameters; ``runs``: name -> its result, None while not run) beside its tuned final of seed 0
     (``finals``: name -> :class:`~locoprop.experiments.tuning.Finals`): setting, final train and test loss."""
-    rows = []
+    entries = {}
     for name, setting in official.items():
         final = finals.get(name)
         tuned_zero = next((r for r in final.results if r.config.seed == 0), None) if final is not None else None
-        row = {"optimizer": LABELS[name]}
-        for label, hparams, result in (("official notebook's setting", setting, runs.get(name)),
-                                       ("tuned setting", final.setting if final is not None else None, tuned_zero)):
-            row[(label, "setting")] = "" if not hparams else setting_text(hparams)
-            row[(label, "final train")] = "not run yet" if result is None else f"{result.final['train_loss']:.2f}"
+        entries[LABELS[name]] = [("official notebook's setting", setting, runs.get(name)),
+                                 ("tuned setting", final.setting if final is not None else None, tuned_zero)]
+    return _side_by_side(entries, "setting", not_run="not run yet")
+
+
+def _side_by_side(entries: Mapping[str, list], setting_column: str, not_run: str = "") -> pd.DataFrame:
+    """One row per optimizer (display name -> ``[(group, setting, result or None)]``) and, per group, its setting
+    and the final train and test loss of its result, as two-level columns; ``not_run`` where there is no result."""
+    rows = []
+    for optimizer, groups in entries.items():
+        row = {"optimizer": optimizer}
+        for label, setting, result in groups:
+            row[(label, setting_column)] = setting_text(setting) if setting else ""
+            row[(label, "final train")] = not_run if result is None else f"{result.final['train_loss']:.2f}"
             row[(label, "final test")] = "" if result is None else f"{result.final['test_loss']:.2f}"
         rows.append(row)
     table = pd.DataFrame(rows).set_index("optimizer")

@@ -56,11 +56,17 @@ def test_ties_text_tells_apart_finals_that_print_alike():
     assert report.ties_text(pd.DataFrame(run("Adam", 205.31) + run("SGD", 205.32))) == ""
 
 
-def test_rose_text_names_only_runs_that_ended_five_percent_above_their_lowest():
+def test_rose_text_names_the_runs_that_ended_five_percent_above_their_own_lowest():
     assert report.rose_text(report.labelled(curves(SPEC))) == ""
-    risen = {**SPEC, ("rmsprop", 0): [500, 256, 300, 900]}
-    text = report.rose_text(report.labelled(curves(risen)))
-    assert text.startswith("Ended more than 5% above its lowest loss: RMSProp (final 900.0, lowest 256.0 at epoch 1)")
+    # seed 0 ends 900 > 1.05 × 256; seed 1 ends at 384 (the mean image, 1.54 × its lowest 250); seed 2 ends 4.8%
+    # above its lowest (262 < 1.05 × 250 = 262.5), so it is not named
+    risen = {**SPEC, ("rmsprop", 0): [500, 256, 300, 900], ("rmsprop", 1): [500, 250, 384, 384],
+             ("rmsprop", 2): [500, 250, 255, 262]}
+    text = report.rose_text(report.labelled(curves(risen)), mean_image=384.3)
+    assert text.startswith("Ended more than 5% above their lowest loss: RMSProp seed 0 (final 900.0, lowest 256.0 at "
+                           "epoch 1), seed 1 (final 384.0, lowest 250.0 at epoch 1, the mean-image loss). ")
+    assert "seed 2" not in text and "Adam" not in text and "LocoProp" not in text
+    assert "the mean-image loss)" not in report.rose_text(report.labelled(curves(risen)))  # no level given
 
 
 def test_reach_table_counts_epochs_and_seconds_to_each_target():

@@ -150,19 +150,26 @@ def ties_text(runs: pd.DataFrame) -> str:
     return " ".join(notes)
 
 
-def rose_text(runs: pd.DataFrame) -> str:
-    """The sentence naming the runs that ended more than 5% above their lowest loss (empty if none)."""
-    last = runs.sort_values("epoch").groupby("run_id", observed=True).tail(1)
-    final_mean = last.groupby("optimizer", observed=True)["train_loss"].mean()
-    lowest = lowest_losses(runs)
-    rose = [name for name in final_mean.index if final_mean[name] > 1.05 * lowest.loc[name, "train_loss"]]
-    if not rose:
+def rose_text(runs: pd.DataFrame, mean_image: float | None = None) -> str:
+    """The sentence naming the runs (optimizer and seed) that ended more than 5% above their own lowest loss, and
+    those of them that ended at ``mean_image`` (within 1%): collapsed to predicting the mean image. Empty if none."""
+    named = []
+    for name, group in runs.groupby("optimizer", observed=True):
+        risen = []
+        for _, curve in group.groupby("run_id", observed=True):
+            end, low = curve.loc[curve["epoch"].idxmax()], curve.loc[curve["train_loss"].idxmin()]
+            if end["train_loss"] > 1.05 * low["train_loss"]:
+                collapsed = mean_image is not None and abs(end["train_loss"] - mean_image) <= 0.01 * mean_image
+                risen.append((int(end["seed"]), f"seed {int(end['seed'])} (final {end['train_loss']:.1f}, lowest "
+                              f"{low['train_loss']:.1f} at epoch {int(low['epoch'])}"
+                              + (", the mean-image loss)" if collapsed else ")")))
+        if risen:
+            named.append(f"{name} " + ", ".join(text for _, text in sorted(risen)))
+    if not named:
         return ""
-    return ("Ended more than 5% above its lowest loss: " + "; ".join(
-        f"{name} (final {final_mean[name]:.1f}, lowest {lowest.loc[name, 'train_loss']:.1f} at epoch "
-        f"{int(lowest.loc[name, 'epoch'])})" for name in rose)
-        + ". The tuning chose its setting by the loss after the trials' few epochs; a setting that is "
-          "best early can be unstable over 100.")
+    return ("Ended more than 5% above their lowest loss: " + "; ".join(named) + ". A run that ends at the mean-image "
+            "loss has collapsed to predicting the mean image. Each search ranks its trials by seed 0's loss over its "
+            "trials' epochs, so a chosen setting can still be unstable later in the run or for another seed.")
 
 
 def other_runs(every: pd.DataFrame, shown_ids: Iterable[str], settings: Mapping[str, Mapping[str, Any] | None],

@@ -288,7 +288,7 @@ if have_paper:
 
     # the same runs after the first epochs, on a linear axis fitted to the runs that learnt: a run that ends
     # within 1% of the mean-image loss (or above it) has collapsed to predicting the mean image
-    stuck = last[last["train_loss"] >= 0.99 * MEAN_IMAGE]
+    stuck = last[(last["train_loss"] > MEAN_IMAGE) | last["train_loss"].map(lambda v: report.collapsed(v, MEAN_IMAGE))]
     later = runs[(runs["epoch"] >= 10) & ~runs["run_id"].isin(stuck["run_id"])]
     later = later.assign(optimizer=later["optimizer"].cat.remove_unused_categories())
     fig, ax = plt.subplots(figsize=(10, 4.8))

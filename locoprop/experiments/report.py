@@ -18,7 +18,7 @@ import pandas as pd
 from ..optim import LABELS, OPTIMIZERS
 from .results import time_to_target
 
-__all__ = ["ORDER", "ablation_runs", "best_trial_loss", "biggest_rise", "corner", "cost_table", "cut_text",
+__all__ = ["ORDER", "ablation_runs", "best_trial_loss", "biggest_rise", "collapsed", "corner", "cost_table", "cut_text",
            "device_text", "epoch_costs", "final_by", "finals_table", "fmt", "halving_table", "labelled", "lowest_losses",
            "official_table", "other_runs", "precision_check", "precision_speed", "provenance_table", "reach_table", "result_sets",
            "rose_text", "rung_points", "search_table", "searches_side_by_side", "setting_text", "shown", "spikes",
@@ -150,6 +150,11 @@ def ties_text(runs: pd.DataFrame) -> str:
     return " ".join(notes)
 
 
+def collapsed(loss: float, mean_image: float) -> bool:
+    """Whether a final loss is the mean-image loss to within 1%: the model has collapsed to predicting the mean image."""
+    return abs(loss - mean_image) <= 0.01 * mean_image
+
+
 def rose_text(runs: pd.DataFrame, mean_image: float | None = None) -> str:
     """The sentence naming the runs (optimizer and seed) that ended more than 5% above their own lowest loss, and
     those of them that ended at ``mean_image`` (within 1%): collapsed to predicting the mean image. Empty if none."""
@@ -159,10 +164,10 @@ def rose_text(runs: pd.DataFrame, mean_image: float | None = None) -> str:
         for _, curve in group.groupby("run_id", observed=True):
             end, low = curve.loc[curve["epoch"].idxmax()], curve.loc[curve["train_loss"].idxmin()]
             if end["train_loss"] > 1.05 * low["train_loss"]:
-                collapsed = mean_image is not None and abs(end["train_loss"] - mean_image) <= 0.01 * mean_image
+                at_mean = mean_image is not None and collapsed(end["train_loss"], mean_image)
                 risen.append((int(end["seed"]), f"seed {int(end['seed'])} (final {end['train_loss']:.1f}, lowest "
                               f"{low['train_loss']:.1f} at epoch {int(low['epoch'])}"
-                              + (", the mean-image loss)" if collapsed else ")")))
+                              + (", the mean-image loss)" if at_mean else ")")))
         if risen:
             named.append(f"{name} " + ", ".join(text for _, text in sorted(risen)))
     if not named:

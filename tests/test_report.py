@@ -205,7 +205,10 @@ def test_the_halving_tables_follow_the_rungs():
     short = types.SimpleNamespace(setting={"lr": 0.002})
     final = types.SimpleNamespace(search="short", results=[_result(0.002, [500, 205.0], "completed", seed=s) for s in (0, 1)])
     status = report.status_table({"adam": (short, halved, final)}, (10, 25, 50, 100))
-    assert status.loc["Adam", "successive halving"] == "rung 25 of 100 reached, 1 trials on the way to the next"
+    assert status.loc["Adam", "successive halving"] == "rung 25 of 100 reached, 1 trial on the way to the next"
+    two = types.SimpleNamespace(**{**vars(halved), "pending": 2})
+    assert report.status_table({"adam": (short, two, final)}, (10, 25, 50, 100)).loc["Adam", "successive halving"] == \
+        "rung 25 of 100 reached, 2 trials on the way to the next"
     assert status.loc["Adam", "full runs shown"] == "short: seeds 0,1"
     side = report.searches_side_by_side({"adam": (short, halved, final)}, {"adam": _result(0.002, [500, 205.4], "completed")})
     assert side.loc["Adam", ("short search", "final train")] == "205.40" and side.loc["Adam", ("successive halving", "winner")] == ""

@@ -397,12 +397,13 @@ def status_table(searches: Mapping[str, tuple[Any, Any, Any]], rungs: Iterable[i
     last = max(rungs)
     rows = []
     for name, (short, halved, final) in searches.items():
+        trials = f"{halved.pending} trial{'' if halved.pending == 1 else 's'}"
         if halved.complete:
             progress = f"complete ({halved.budget} epochs of trials)"
         elif halved.rungs:
-            progress = f"rung {halved.rungs[-1][0]} of {last} reached, {halved.pending} trials on the way to the next"
+            progress = f"rung {halved.rungs[-1][0]} of {last} reached, {trials} on the way to the next"
         else:
-            progress = f"first rung: {halved.pending} trials to go"
+            progress = f"first rung: {trials} to go"
         rows.append({"optimizer": LABELS[name],
                      "short search": "" if short.setting is None else setting_text(short.setting),
                      "successive halving": progress,

@@ -172,7 +172,8 @@ def test_what_it_shows_states_the_numbers_the_verdicts_and_what_the_test_loss_sa
     assert "the best first-order method, Adam, at 206.0 (2 seeds, range 205.0–207.0)" in text
     assert "claim 1: **mixed so far**; claim 3 on one CPU: **not supported**" in text
     # test = train + 3 for both: LocoProp-M 204-206 against Adam 208-210 -> below: the lower loss carries over
-    assert "is below Adam's 209.0" in text and "its lower training loss carries over to unseen images." in text
+    assert ("LocoProp-M's loss, 205.00 (2 seeds, range 204.00–206.00), is below Adam's 209.00 (2 seeds, range "
+            "208.00–210.00)") in text and "its lower training loss carries over to unseen images." in text
     assert "successive halving on the protocol's own horizon for 1 of the 2 optimizers shown (Adam)" in text
     assert "official" not in text
     text = report.what_it_shows(last, claims, {"Adam": "halving", "LocoProp-M": "short"}, "fashion-mnist, CPU",

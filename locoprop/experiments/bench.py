@@ -382,6 +382,7 @@ def _report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
         parser.error(f"--optimizer: none of {sorted(wanted)} is benchmarked; choose from "
                      f"{sorted({c.optimizer for c in CONTENDERS})}")
     device = torch.device(args.device)
+    info = provenance(device)
     data = None
     if args.dataset is not None:
         data = load(args.dataset, "train", device=device)
@@ -389,7 +390,6 @@ def _report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
                      args.batch_size, data, precisions=args.precision, progress=not args.quiet)
     evaluation = evaluation_time(device, data)
     ceilings = {p: matmul_ceiling(PAPER_SIZES, args.batch_size, device, dtype=PRECISIONS[p]) for p in args.precision}
-    info = provenance(device)
     print(f"{info['device_name']}, batch {args.batch_size}, {args.warmup_epochs} warm-up + {args.epochs} timed "
           f"epochs of {rows[0]['steps_per_epoch']} steps{', TF32 allowed' if args.tf32 else ''}; epoch s: "
           f"{rows[0]['batches_per_epoch']} steps")

@@ -85,7 +85,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 import torch
-from IPython.display import Markdown, display
+from IPython.display import HTML, Markdown, display
+from markdown_it import MarkdownIt
 from myst_nb import glue
 
 from locoprop.experiments import data, executors, protocol, report
@@ -432,7 +433,7 @@ if BENCH is not None:
             estimates[f"cost_m_over_{rival}"] = f"{rows['locoprop-m']['epoch_s'] / rows[rival]['epoch_s']:.2f}"
 else:
     print("no benchmark report of the tuned settings under data/results/bench/ yet")
-    glue("cluster_plan", Markdown("(no benchmark report of the tuned settings yet)"), display=False)
+    glue("cluster_plan", HTML("<p>(no benchmark report of the tuned settings yet)</p>"), display=False)
 for key, value in estimates.items():
     glue(key, value if isinstance(value, str) else f"{value:.1f}", display=False)
 
@@ -548,7 +549,8 @@ display(claims_table)
 if have_paper:
     shows = report.what_it_shows(last, claims, {LABELS[n]: f.search for n, f in final_sets.items()},
                                  f"{paper_dataset}, {HARDWARE}, {PRECISION}", official_pairs)
-    glue("what_it_shows", Markdown(shows), display=False)
+    # glued as HTML: the landing page pastes it from another document, where myst-nb renders HTML but not Markdown
+    glue("what_it_shows", HTML(MarkdownIt("commonmark").render(shows)), display=False)
     display(Markdown(shows))
 
 # %% [markdown]

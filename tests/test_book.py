@@ -11,6 +11,7 @@ numerical checks of the exercises page are run here too, so that its numbers sta
 """
 from __future__ import annotations
 
+import html
 import importlib.util
 import re
 import subprocess
@@ -112,6 +113,15 @@ def test_pages_have_no_unresolved_roles(pages):
             assert marker not in text, f"{page.name}: unresolved {marker}"
         substitution = re.search(r"\{\{\s*\w+\s*\}\}", text)  # a MyST substitution left as typed
         assert not substitution, f"{page.name}: unresolved substitution {substitution.group(0)}"
+
+
+def test_no_glued_value_is_shown_as_a_python_object(pages):
+    """A value glued in a notebook and pasted into another page shows its text/plain form where myst-nb cannot
+    render its richer one (Markdown, for one): the reader would see ``<IPython.core.display.Markdown object>``."""
+    for page in pages:
+        text = html.unescape(re.sub(r"<[^>]+>", "", page.read_text(encoding="utf-8")))
+        shown = re.search(r"<[\w.]+ object( at 0x[0-9a-f]+)?>", text)
+        assert not shown, f"{page.name}: a glued value is shown as {shown.group(0)}"
 
 
 def test_no_table_cell_is_cut_short(pages):

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from locoprop.experiments import report
-from locoprop.experiments.results import COLUMNS, bench_report
+from locoprop.experiments.results import COLUMNS, ResultsError, bench_report
 
 
 def curves(spec, epoch_time=2.0):
@@ -119,6 +119,14 @@ def test_the_newest_bench_report_is_the_latest_started_whatever_its_device(tmp_p
         (tmp_path / name).write_text(json.dumps({"settings": {"tuned": True, "dataset": "fashion-mnist"},
                                                  "provenance": {"started": started}, "rows": []}))
     assert bench_report(tmp_path, tuned=True)["provenance"]["started"].startswith("2026-03-01")
+
+
+@pytest.mark.parametrize("text", ['{"settings": {"tuned": tr', "[1, 2]"])
+def test_a_corrupt_bench_report_is_named_not_skipped(tmp_path, text):
+    (tmp_path / "cpu-20260101T000000.json").write_text(json.dumps({"settings": {"tuned": True}, "rows": []}))
+    (tmp_path / "cpu-20260102T000000.json").write_text(text)
+    with pytest.raises(ResultsError, match=r"cpu-20260102T000000\.json.*restore it"):
+        bench_report(tmp_path, tuned=True)
 
 
 def test_other_runs_lists_finished_full_runs_not_shown_elsewhere():

@@ -156,14 +156,27 @@ def time_to_target(df: pd.DataFrame, reference: str = "rmsprop", target: float |
     return out.sort_values(group_key[:2] + ["time_to_target"]).reset_index(drop=True)
 
 
+def _read_bench_report(path: Path) -> dict:
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ResultsError(f"cannot read the benchmark report {path} ({type(err).__name__}: {err}): restore it "
+                           f"(e.g. from git), or move it away and run `python -m locoprop bench` again") from None
+    if not isinstance(report, dict):
+        raise ResultsError(f"the benchmark report {path} holds a {type(report).__name__}, not a report: restore it "
+                           f"(e.g. from git), or move it away and run `python -m locoprop bench` again")
+    return report
+
+
 def bench_report(folder: Path, *, tuned: bool | None = None, dataset: str | None = None,
                  precisions: Iterable[str] = (), local_iters: bool = False) -> dict | None:
     """The newest benchmark report under ``folder`` (by the start time in its provenance, then by file name:
     names begin with the device, so they sort by time only within one device) of the kind asked for:
     ``tuned`` (the ``--tuned`` report or not), its ``dataset``, rows in every one of ``precisions``, and
-    LocoProp-M at other numbers of local iterations (``bench --local-iters``) or not (``local_iters``)."""
+    LocoProp-M at other numbers of local iterations (``bench --local-iters``) or not (``local_iters``).
+    A report that is not valid JSON raises :class:`ResultsError` naming the file."""
     found = None
-    reports = [(json.loads(path.read_text()), path.name) for path in Path(folder).glob("*.json")]
+    reports = [(_read_bench_report(path), path.name) for path in Path(folder).glob("*.json")]
     for report, _ in sorted(reports, key=lambda pair: (str(pair[0].get("provenance", {}).get("started", "")), pair[1])):
         settings = report.get("settings", {})
         if tuned is not None and bool(settings.get("tuned")) != tuned:

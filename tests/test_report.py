@@ -229,10 +229,13 @@ def test_t_frontier_prices_the_epochs_to_each_target():
                        for seed in runs["seed"]]
     t_runs = report.ablation_runs(runs, {"locoprop-m": "LocoProp-M"})
     t_runs["hp_local_iters"] = t_runs["hp_local_iters"].fillna(10).astype(int)
-    table = report.t_frontier(t_runs, {10: 50.0, 1: 8.0}, {"target": 250.0})
+    table = report.t_frontier(t_runs, {10: 50.0, 1: 8.0}, {"target": 250.0, "low": 230.0})
     # T = 10 reaches 250 at epoch 1 (50 s); T = 1 at epoch 3 (24 s)
     assert table.loc[10, "epochs to target"] == "1" and table.loc[10, "seconds to target"] == "50"
     assert table.loc[1, "epochs to target"] == "3" and table.loc[1, "seconds to target"] == "24"
+    # 230: T = 10 at epoch 2 (100 s); T = 1 ends its run at 240 without reaching it
+    assert table.loc[10, "epochs to low"] == "2" and table.loc[10, "seconds to low"] == "100"
+    assert table.loc[1, "epochs to low"] == table.loc[1, "seconds to low"] == "not reached"
     assert table.loc[1, "ν"] == "0.00057" and table.loc[1, "final train loss"] == "240.00"
 
 

@@ -486,7 +486,7 @@ def t_frontier(runs: pd.DataFrame, per_epoch: Mapping[int, float], targets: Mapp
     """LocoProp-M at several numbers T of local iterations (``runs``: the records of one full run per T, with
     an ``hp_local_iters`` column, see :func:`ablation_runs`): per T its inner lr, final train and test loss,
     the seconds per training epoch (``per_epoch``: T -> seconds, from a quiet benchmark; NaN where not measured),
-    and the epochs and seconds (epochs × seconds per epoch) to each target."""
+    and the epochs and seconds (epochs × seconds per epoch) to each target ("not reached" in the run's epochs)."""
     rows = []
     for T, curve in runs.groupby("hp_local_iters"):
         curve = curve.sort_values("epoch")
@@ -497,7 +497,10 @@ def t_frontier(runs: pd.DataFrame, per_epoch: Mapping[int, float], targets: Mapp
                "s / epoch": fmt(seconds, 3)}
         for name, level in targets.items():
             hit = curve[(curve["epoch"] > 0) & (curve["train_loss"] <= level)]
-            epoch = float(hit["epoch"].iloc[0]) if len(hit) else float("nan")
+            if hit.empty:
+                row[f"epochs to {name}"] = row[f"seconds to {name}"] = "not reached"
+                continue
+            epoch = float(hit["epoch"].iloc[0])
             row[f"epochs to {name}"] = fmt(epoch, 3)
             row[f"seconds to {name}"] = fmt(epoch * seconds, 3)
         rows.append(row)

@@ -119,6 +119,9 @@ def test_a_refused_submission_is_a_one_line_error(monkeypatch, tmp_path, capsys)
     sbatch.write_text("#!/bin/sh\necho 'sbatch: error: Batch job submission failed: Unable to contact slurm "
                       "controller (connect failure)' >&2\nexit 1\n")
     sbatch.chmod(sbatch.stat().st_mode | stat.S_IXUSR)
+    srun = bin_dir / "srun"  # submitit looks for srun before it submits, whether or not SLURM is installed
+    srun.write_text("#!/bin/sh\nexit 1\n")
+    srun.chmod(srun.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
     code, err = _main(["sweep", *SMALL, "--results-dir", str(tmp_path / "results"), "--executor", "slurm"], capsys)
     assert code == 2 and err.count("\n") == 1

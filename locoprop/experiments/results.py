@@ -159,12 +159,12 @@ def time_to_target(df: pd.DataFrame, reference: str = "rmsprop", target: float |
 def _read_bench_report(path: Path) -> dict:
     try:
         report = json.loads(path.read_text())
+        problem = None if isinstance(report, dict) else f"it holds a {type(report).__name__}, not a report"
     except (OSError, ValueError) as err:
-        raise ResultsError(f"cannot read the benchmark report {path} ({type(err).__name__}: {err}): restore it "
-                           f"(e.g. from git), or move it away and run `python -m locoprop bench` again") from None
-    if not isinstance(report, dict):
-        raise ResultsError(f"the benchmark report {path} holds a {type(report).__name__}, not a report: restore it "
-                           f"(e.g. from git), or move it away and run `python -m locoprop bench` again")
+        problem = f"{type(err).__name__}: {err}"
+    if problem is not None:
+        raise ResultsError(f"cannot read the benchmark report {path} ({problem}): restore it (e.g. from git), "
+                           f"or move it away and run `python -m locoprop bench` again")
     return report
 
 

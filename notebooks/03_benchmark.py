@@ -162,8 +162,7 @@ if have_paper:
     runs = labelled(paper)
     last = runs.sort_values("epoch").groupby("run_id", observed=True).tail(1)
     documents = {rid: json.loads((results_root / "paper" / f"{rid}.json").read_text()) for rid in runs["run_id"].unique()}
-    one = documents[runs["run_id"].iloc[0]]["provenance"]
-    HARDWARE = report.device_text(one)
+    HARDWARE = report.hardware_text(doc["provenance"] for doc in documents.values())
     PRECISION = "float32"
 elif not missing_data:
     display(Markdown("**No paper-scale results yet.** Run `python -m locoprop protocol --profile paper --dataset "
@@ -674,7 +673,7 @@ if not zoom.empty:
 axes[1].set(xlabel="epoch", ylabel="train loss (nats / image)", title="epochs 10 to the end (zoom)")
 log_loss_axis(axes[2])
 axes[2].set(xscale="log", xlabel="training time (s, log scale)", ylabel="train loss (nats / image, log scale)",
-            title="against wall-clock time" + (f" ({HARDWARE})" if have_paper else ""))
+            title="against wall-clock time" + (f"\n({HARDWARE})" if have_paper else ""))
 axes[2].set_ylim(axes[0].get_ylim())
 sns.move_legend(axes[2], "upper left", bbox_to_anchor=(1.02, 1.0), title=None, frameon=False)
 fig.suptitle(f"Deep autoencoder, {shown_dataset} ({'paper protocol' if have_paper else 'smoke scale'})")

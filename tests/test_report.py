@@ -173,12 +173,15 @@ def test_what_it_shows_states_the_numbers_the_verdicts_and_what_the_test_loss_sa
         {"claim": "1. LocoProp-M reaches a lower training loss than the first-order methods, per epoch",
          "verdict": "mixed so far"},
         {"claim": "3. LocoProp-M is faster than K-FAC and Shampoo in wall-clock time, on one CPU (2 cores)",
-         "verdict": "not supported"}])
+         "verdict": "not supported"},
+        {"claim": "3. LocoProp-M is faster than K-FAC and Shampoo in wall-clock time, on one CPU (2 cores), "
+                  "LocoProp-M at T = 2 (beyond the paper's T = 10)", "verdict": "supported so far"}])
     text = report.what_it_shows(last, claims, {"Adam": "halving", "LocoProp-M": "short"}, "fashion-mnist, CPU")
     # LocoProp-M 201, 203 (mean 202, range 201-203); Adam 205, 207: the training losses are those of SPEC's last epoch
     assert "LocoProp-M ends at a training loss of 202.0 (2 seeds, range 201.0–203.0)" in text
     assert "the best first-order method, Adam, at 206.0 (2 seeds, range 205.0–207.0)" in text
-    assert "claim 1: **mixed so far**; claim 3 on one CPU: **not supported**" in text
+    assert ("claim 1: **mixed so far**; claim 3 on one CPU: **not supported**; claim 3 on one CPU, LocoProp-M at "
+            "T = 2 (beyond the paper's T = 10): **supported so far**") in text
     # test = train + 3 for both: LocoProp-M 204-206 against Adam 208-210 -> below: the lower loss carries over
     assert ("LocoProp-M's loss, 205.00 (2 seeds, range 204.00–206.00), is below Adam's 209.00 (2 seeds, range "
             "208.00–210.00)") in text and "its lower training loss carries over to unseen images." in text
@@ -242,6 +245,15 @@ def test_t_frontier_prices_the_epochs_to_each_target():
 def test_device_text_names_the_cpu_once():
     assert report.device_text({"device": "cpu", "cpu": "AMD EPYC", "threads": 2}) == "AMD EPYC CPU, 2 threads"
     assert report.device_text({"device": "cpu", "threads": 1}) == "CPU, 1 thread"
+    assert report.device_text({"device": "cpu", "cpu": "Intel(R) Xeon(R) Processor", "threads": 2}) == \
+        "Intel Xeon CPU, 2 threads"
+
+
+def test_hardware_text_counts_the_runs_of_each_machine_when_they_differ():
+    amd, intel = {"device": "cpu", "cpu": "AMD EPYC", "threads": 2}, {"device": "cpu", "cpu": "Intel Xeon", "threads": 2}
+    assert report.hardware_text([amd, amd]) == "AMD EPYC CPU, 2 threads"
+    assert report.hardware_text([intel, amd, amd]) == "AMD EPYC CPU (2 runs), Intel Xeon CPU (1 run), 2 threads"
+    assert report.hardware_text([amd, {**amd, "threads": 1}]) == "AMD EPYC CPU (2 runs), 1–2 threads"
 
 
 def test_the_official_setting_stands_beside_the_tuned_final_of_the_same_seed():

@@ -9,6 +9,8 @@ book's order; losses are in nats per image.
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from ..optim import LABELS, OPTIMIZERS
 from .results import time_to_target
 
 __all__ = ["ORDER", "ablation_runs", "best_trial_loss", "biggest_rise", "collapsed", "corner", "cost_table", "cut_text",
-           "device_text", "epoch_costs", "final_by", "finals_table", "fmt", "halving_table", "labelled", "lowest_losses",
+           "device_text", "epoch_costs", "final_by", "finals_table", "fmt", "halving_table", "hardware_text", "labelled", "lowest_losses",
            "official_table", "other_runs", "precision_check", "precision_speed", "provenance_table", "reach_table", "result_sets",
            "rose_text", "rung_points", "search_table", "searches_side_by_side", "setting_text", "shown", "spikes",
            "status_table", "t_frontier", "trial_points", "what_it_shows"]
@@ -232,8 +234,25 @@ def device_text(provenance: Mapping[str, Any]) -> str:
     if provenance.get("device", "cpu") == "cpu":
         n = provenance.get("threads")
         name = provenance.get("cpu")
+        name = name and re.sub(r"\((R|TM)\)| Processor$| CPU$", "", name)  # "Intel(R) Xeon(R) Processor" -> "Intel Xeon"
         return (f"{name} CPU" if name else "CPU") + (f", {n} thread{'s' if n != 1 else ''}" if n else "")
     return str(provenance.get("device_name"))
+
+
+def hardware_text(provenances: Iterable[Mapping[str, Any]]) -> str:
+    """The machines of a set of results: the one :func:`device_text` they share, or each machine with its number
+    of runs, most first, then the CPU threads' range (``AMD EPYC CPU (188 runs), Intel Xeon CPU (4 runs), 1–2
+    threads``)."""
+    provenances = list(provenances)
+    texts = Counter(device_text(p) for p in provenances)
+    if len(texts) == 1:
+        return next(iter(texts))
+    machines = Counter(device_text({**p, "threads": None}) for p in provenances)
+    threads = sorted({p["threads"] for p in provenances if p.get("device", "cpu") == "cpu" and p.get("threads")})
+    text = ", ".join(f"{name} ({n} run{'s' if n != 1 else ''})" for name, n in machines.most_common())
+    if threads:
+        text += f", {threads[0]}{'–' + str(threads[-1]) if len(threads) > 1 else ''} thread{'s' if threads[-1] != 1 else ''}"
+    return text
 
 
 def corner(df: pd.DataFrame) -> pd.DataFrame:
@@ -547,7 +566,9 @@ def what_it_shows(last: pd.DataFrame, claims: pd.DataFrame, searches: Mapping[st
     verdicts = []
     for row in claims.itertuples():
         number, _, wording = row.claim.partition(". ")
-        where = wording.split(" on one ", 1)[1].split(" (")[0] if " on one " in wording else ""
+        # "CPU (2 cores), LocoProp-M at T = 2 (beyond ...)" -> "CPU, LocoProp-M at T = 2 (beyond ...)": the device's
+        # own note goes, what tells two rows of one device apart stays
+        where = re.sub(r" \([^)]*\)", "", wording.split(" on one ", 1)[1], count=1) if " on one " in wording else ""
         verdicts.append(f"claim {number}" + (f" on one {where}" if where else "") + f": **{row.verdict}**")
     text += f" Against the paper's claims (see the table): {'; '.join(verdicts)}."
     rivals = ([min(first, key=mean.get)] if first else []) + second

@@ -468,6 +468,8 @@ if t_results:
     t_cost = {T: per_epoch["LocoProp-M"] * s / t_bench[10] for T, s in t_bench.items()} if 10 in t_bench else {}
     t_table = report.t_frontier(t_runs, t_cost, targets)
     display(report.corner(t_table))
+    if t_summary := report.t_summary(t_table, min(targets, key=targets.get)):
+        display(Markdown(t_summary))
     measured_t = [T for T in t_table.index if t_cost.get(T)]
     if len(measured_t) > 1:
         fig, ax = plt.subplots(figsize=(6.5, 4.2))

@@ -240,6 +240,13 @@ def test_t_frontier_prices_the_epochs_to_each_target():
     assert table.loc[10, "epochs to low"] == "2" and table.loc[10, "seconds to low"] == "100"
     assert table.loc[1, "epochs to low"] == table.loc[1, "seconds to low"] == "not reached"
     assert table.loc[1, "ν"] == "0.00057" and table.loc[1, "final train loss"] == "240.00"
+    # T = 1 is the quicker to "target" (24 s against 50 s); it ends 45 nats above T = 10 (240 against 195, test +3)
+    assert report.t_summary(table, "target") == (
+        "To reach target, T = 1 is the quickest: 24 s against 50 s at the paper's T = 10 (2.1× sooner), and it ends "
+        "45.00 nats above T = 10 in final train loss (240.00 against 195.00), 45.00 nats above T = 10 in final test "
+        "loss (243.00 against 198.00). One seed per T.")
+    assert report.t_summary(table, "low") == ("To reach low, the paper's T = 10 is the quickest (100 s). T = 1 never "
+                                              "reaches it in 3 epochs. One seed per T.")
 
 
 def test_device_text_names_the_cpu_once():

@@ -24,7 +24,7 @@ __all__ = ["ORDER", "ablation_runs", "best_trial_loss", "biggest_rise", "collaps
            "device_text", "epoch_costs", "final_by", "finals_table", "fmt", "halving_table", "hardware_text", "labelled", "lowest_losses",
            "official_table", "other_runs", "precision_check", "precision_speed", "provenance_table", "reach_table", "result_sets",
            "rose_text", "rung_points", "search_table", "searches_side_by_side", "setting_text", "shown", "spikes",
-           "status_table", "t_frontier", "trial_points", "what_it_shows"]
+           "status_table", "t_frontier", "t_summary", "trial_points", "what_it_shows"]
 
 #: The book's order of the optimizers (display names).
 ORDER = [LABELS[name] for name in OPTIMIZERS]
@@ -524,6 +524,35 @@ def t_frontier(runs: pd.DataFrame, per_epoch: Mapping[int, float], targets: Mapp
             row[f"seconds to {name}"] = fmt(epoch * seconds, 3)
         rows.append(row)
     return pd.DataFrame(rows).set_index("T") if rows else pd.DataFrame()
+
+
+def t_summary(table: pd.DataFrame, target: str) -> str:
+    """What the T frontier (:func:`t_frontier`'s ``table``) says at ``target``: the T that reaches it in the fewest
+    seconds, against the paper's T = 10 in time and in final train and test loss, and the T that never reach it."""
+    seconds = pd.to_numeric(table[f"seconds to {target}"], errors="coerce")
+    if 10 not in table.index or seconds.dropna().empty:
+        return ""
+    best = int(seconds.idxmin())
+    train, test = (pd.to_numeric(table[c]) for c in ("final train loss", "final test loss"))
+
+    def versus(column: pd.Series, name: str) -> str:
+        delta = column[best] - column[10]
+        return (f"{abs(delta):.2f} nats {'above' if delta > 0 else 'below'} T = 10 in final {name} loss "
+                f"({column[best]:.2f} against {column[10]:.2f})")
+
+    reach = f"To reach {target}, "
+    if best == 10:
+        text = reach + f"the paper's T = 10 is the quickest ({seconds[10]:.0f} s)."
+    else:
+        against = (f" against {seconds[10]:.0f} s at the paper's T = 10 ({seconds[10] / seconds[best]:.1f}× sooner)"
+                   if pd.notna(seconds[10]) else "")
+        text = reach + (f"T = {best} is the quickest: {seconds[best]:.0f} s{against}, and it ends "
+                        f"{versus(train, 'train')}, {versus(test, 'test')}.")
+    never = [T for T in table.index if table.loc[T, f"seconds to {target}"] == "not reached"]
+    if never:
+        text += (f" T = {', '.join(map(str, never))} never reach{'es' if len(never) == 1 else ''} it in "
+                 f"{table.loc[never[0], 'epochs']} epochs.")
+    return text + " One seed per T."
 
 
 def _compare(a: pd.Series, b: pd.Series) -> str:

@@ -20,11 +20,12 @@ import pandas as pd
 from ..optim import LABELS, OPTIMIZERS
 from .results import time_to_target
 
-__all__ = ["ORDER", "ablation_runs", "best_trial_loss", "biggest_rise", "collapsed", "corner", "cost_table", "cut_text",
-           "device_text", "epoch_costs", "final_by", "finals_table", "fmt", "halving_table", "hardware_text", "labelled", "lowest_losses",
-           "official_table", "other_runs", "precision_check", "precision_speed", "provenance_table", "reach_table", "result_sets",
-           "rose_text", "rung_points", "search_table", "searches_side_by_side", "setting_text", "shown", "spikes",
-           "status_table", "t_frontier", "t_summary", "trial_points", "what_it_shows"]
+__all__ = ["ORDER", "ablation_runs", "best_trial_loss", "biggest_rise", "collapsed", "corner", "cost_table",
+           "cut_text", "device_text", "epoch_costs", "final_by", "finals_table", "fmt", "halving_table",
+           "hardware_text", "labelled", "lowest_losses", "official_table", "other_runs", "precision_check",
+           "precision_speed", "provenance_table", "reach_table", "result_sets", "rose_text", "rung_points",
+           "search_table", "searches_side_by_side", "setting_text", "shown", "spikes", "status_table", "t_frontier",
+           "t_summary", "trial_points", "what_it_shows"]
 
 #: The book's order of the optimizers (display names).
 ORDER = [LABELS[name] for name in OPTIMIZERS]
@@ -234,7 +235,7 @@ def device_text(provenance: Mapping[str, Any]) -> str:
     if provenance.get("device", "cpu") == "cpu":
         n = provenance.get("threads")
         name = provenance.get("cpu")
-        name = name and re.sub(r"\((R|TM)\)| Processor$| CPU$", "", name)  # "Intel(R) Xeon(R) Processor" -> "Intel Xeon"
+        name = name and re.sub(r"\((R|TM)\)| Processor$| CPU$", "", name)  # "Intel(R) Xeon(R) Processor": Intel Xeon
         return (f"{name} CPU" if name else "CPU") + (f", {n} thread{'s' if n != 1 else ''}" if n else "")
     return str(provenance.get("device_name"))
 
@@ -251,7 +252,8 @@ def hardware_text(provenances: Iterable[Mapping[str, Any]]) -> str:
     threads = sorted({p["threads"] for p in provenances if p.get("device", "cpu") == "cpu" and p.get("threads")})
     text = ", ".join(f"{name} ({n} run{'s' if n != 1 else ''})" for name, n in machines.most_common())
     if threads:
-        text += f", {threads[0]}{'–' + str(threads[-1]) if len(threads) > 1 else ''} thread{'s' if threads[-1] != 1 else ''}"
+        span = f"{threads[0]}–{threads[-1]}" if len(threads) > 1 else f"{threads[0]}"
+        text += f", {span} thread{'s' if threads[-1] != 1 else ''}"
     return text
 
 

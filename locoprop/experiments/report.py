@@ -20,15 +20,18 @@ import pandas as pd
 from ..optim import LABELS, OPTIMIZERS
 from .results import time_to_target
 
-__all__ = ["ORDER", "ablation_runs", "best_trial_loss", "biggest_rise", "collapsed", "corner", "cost_table",
-           "cut_text", "device_text", "epoch_costs", "final_by", "finals_table", "fmt", "halving_table",
-           "hardware_text", "labelled", "lowest_losses", "official_table", "other_runs", "precision_check",
-           "precision_speed", "provenance_table", "reach_table", "result_sets", "rose_text", "rung_points",
-           "search_table", "searches_side_by_side", "setting_text", "shown", "spikes", "status_table", "t_frontier",
-           "t_summary", "trial_points", "what_it_shows"]
+__all__ = ["NOT_REACHED", "ORDER", "ablation_runs", "best_trial_loss", "biggest_rise", "collapsed", "corner",
+           "cost_table", "cut_text", "device_text", "epoch_costs", "final_by", "finals_table", "fmt",
+           "halving_table", "hardware_text", "labelled", "lowest_losses", "official_table", "other_runs",
+           "precision_check", "precision_speed", "provenance_table", "reach_table", "result_sets", "rose_text",
+           "rung_points", "search_table", "searches_side_by_side", "setting_text", "shown", "spikes",
+           "status_table", "t_frontier", "t_summary", "trial_points", "what_it_shows"]
 
 #: The book's order of the optimizers (display names).
 ORDER = [LABELS[name] for name in OPTIMIZERS]
+
+#: What :func:`t_frontier` writes for a target that a run does not reach in its epochs.
+NOT_REACHED = "not reached"
 
 
 def fmt(value, digits: int = 4) -> str:
@@ -245,9 +248,9 @@ def hardware_text(provenances: Iterable[Mapping[str, Any]]) -> str:
     of runs, most first, then the CPU threads' range (``AMD EPYC CPU (188 runs), Intel Xeon CPU (4 runs), 1–2
     threads``)."""
     provenances = list(provenances)
-    texts = Counter(device_text(p) for p in provenances)
+    texts = {device_text(p) for p in provenances}
     if len(texts) == 1:
-        return next(iter(texts))
+        return texts.pop()
     machines = Counter(device_text({**p, "threads": None}) for p in provenances)
     threads = sorted({p["threads"] for p in provenances if p.get("device", "cpu") == "cpu" and p.get("threads")})
     text = ", ".join(f"{name} ({n} run{'s' if n != 1 else ''})" for name, n in machines.most_common())
@@ -507,7 +510,8 @@ def t_frontier(runs: pd.DataFrame, per_epoch: Mapping[int, float], targets: Mapp
     """LocoProp-M at several numbers T of local iterations (``runs``: the records of one full run per T, with
     an ``hp_local_iters`` column, see :func:`ablation_runs`): per T its inner lr, final train and test loss,
     the seconds per training epoch (``per_epoch``: T -> seconds, from a quiet benchmark; NaN where not measured),
-    and the epochs and seconds (epochs × seconds per epoch) to each target ("not reached" in the run's epochs)."""
+    and the epochs and seconds (epochs × seconds per epoch) to each target (:data:`NOT_REACHED` in the run's
+    epochs)."""
     rows = []
     for T, curve in runs.groupby("hp_local_iters"):
         curve = curve.sort_values("epoch")
@@ -519,7 +523,7 @@ def t_frontier(runs: pd.DataFrame, per_epoch: Mapping[int, float], targets: Mapp
         for name, level in targets.items():
             hit = curve[(curve["epoch"] > 0) & (curve["train_loss"] <= level)]
             if hit.empty:
-                row[f"epochs to {name}"] = row[f"seconds to {name}"] = "not reached"
+                row[f"epochs to {name}"] = row[f"seconds to {name}"] = NOT_REACHED
                 continue
             epoch = float(hit["epoch"].iloc[0])
             row[f"epochs to {name}"] = fmt(epoch, 3)
@@ -550,7 +554,7 @@ def t_summary(table: pd.DataFrame, target: str) -> str:
                    if pd.notna(seconds[10]) else "")
         text = reach + (f"T = {best} is the quickest: {seconds[best]:.0f} s{against}, and it ends "
                         f"{versus(train, 'train')}, {versus(test, 'test')}.")
-    never = [T for T in table.index if table.loc[T, f"seconds to {target}"] == "not reached"]
+    never = [T for T in table.index if table.loc[T, f"seconds to {target}"] == NOT_REACHED]
     if never:
         text += (f" T = {', '.join(map(str, never))} never reach{'es' if len(never) == 1 else ''} it in "
                  f"{table.loc[never[0], 'epochs']} epochs.")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import copy
 import io
 import math
+import re
 
 import numpy as np
 import pytest
 import torch
 
 import locoprop
+from locoprop.optim import validation
 from locoprop.models import deep_autoencoder, reconstruction_loss
 
 SIZES = (8, 6, 3, 6, 8)
@@ -188,6 +190,32 @@ def test_numbers_of_any_numeric_type_are_accepted(name, hparams):
     train(model, opt, data(1))
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
+
+
+@pytest.mark.parametrize("rule, good, bad", [
+    (validation.POSITIVE, [1e-300, 3, np.float32(0.5)], [0, -1e-300, True, "0.1", math.nan, math.inf]),
+    (validation.NON_NEGATIVE, [0, 0.0, np.int64(2)], [-1e-300, False, math.inf]),
+    (validation.FRACTION, [0, 0.999], [1, 1.0, -0.1, math.nan]),  # [0, 1): a decay of 1 never forgets
+    (validation.COUNT, [1, np.int32(7)], [0, 1.0, 2.9, True]),
+    (validation.FLAG, [True, False], [0, 1, "True"]),
+    (validation.one_of("mc", "empirical"), ["mc", "empirical"], ["MC", None, ["mc"]]),
+])
+def test_shared_rules_accept_exactly_the_values_their_words_allow(rule, good, bad):
+    for value in good:
+        validation.check_hparam("Test", "x", value, rule.test, rule.allowed)
+    for value in bad:
+        with pytest.raises(ValueError, match=re.escape(f"expected {rule.allowed}")):
+            validation.check_hparam("Test", "x", value, rule.test, rule.allowed)
+
+
+def test_check_hparams_names_the_first_invalid_parameter_in_the_rules_order():
+    rules = {"momentum": validation.FRACTION, "nesterov": validation.nesterov_needs(0.0),
+             "fisher": validation.one_of("mc", "empirical")}
+    assert validation.one_of("mc", "empirical").allowed == "'mc' or 'empirical'"
+    assert validation.POSITIVE.about("the step").allowed == "a finite number > 0 (the step)"
+    validation.check_hparams("Test", {"momentum": 0.0, "nesterov": False, "fisher": "mc"}, rules)
+    with pytest.raises(ValueError, match=r"^Test: invalid nesterov=True \(bool\); expected .*needs momentum > 0$"):
+        validation.check_hparams("Test", {"momentum": 0.0, "nesterov": True, "fisher": "x"}, rules)
 
 # ---- state_dict: whose state is it? ---------------------------------------------------------------
 

@@ -79,7 +79,8 @@ from torch import Tensor, nn
 
 from ..capture import CapturedLayer, LayerCapture
 from .linalg import by_shape, damped_cholesky_inverses, eigh_with_retry
-from .validation import SIGNATURE_KEY, check_hparam, check_state_dict, guess_owner, is_integer, is_number, signature
+from .validation import (COUNT, FLAG, FRACTION, NON_NEGATIVE, POSITIVE, SIGNATURE_KEY, Rule, check_hparam,
+                         check_hparams, check_state_dict, guess_owner, is_integer, nesterov_needs, number, one_of, signature)
 
 __all__ = ["KFAC", "DEFAULT_LR", "DEFAULT_DAMPING", "ADAPTIVE_INITIAL_DAMPING"]
 
@@ -181,30 +182,25 @@ class KFAC(torch.optim.Optimizer):
 
     @staticmethod
     def _validate(g: dict) -> None:
-        def check(name, test, allowed):
-            check_hparam("KFAC", name, g[name], test, allowed)
-
-        def number(test):
-            return lambda v: is_number(v) and test(v)
-
-        check("lr", number(lambda v: v > 0), "a finite number > 0")
-        check("damping", number(lambda v: v >= 0), "a finite number >= 0")
-        check("factor_decay", number(lambda v: 0 <= v < 1), "a number in [0, 1)")
-        check("factor_update_freq", lambda v: is_integer(v) and v >= 1, "an integer >= 1")
-        check("inverse_update_freq", lambda v: is_integer(v) and v >= 1, "an integer >= 1")
-        check("momentum", number(lambda v: 0 <= v < 1), "a number in [0, 1)")
-        check("nesterov", lambda v: isinstance(v, bool) and (not v or g["momentum"] > 0),
-              "True or False; True needs momentum > 0")
-        check("weight_decay", number(lambda v: v >= 0), "a finite number >= 0")
-        check("fisher", lambda v: v in ("mc", "empirical"), "'mc' or 'empirical'")
-        check("damping_mode", lambda v: v in ("pi", "exact"), "'pi' or 'exact'")
-        check("adaptive_damping", lambda v: isinstance(v, bool), "True or False")
-        check("damping_adaptation_decay", number(lambda v: 0 < v < 1), "a number in (0, 1)")
-        check("damping_adaptation_interval", lambda v: is_integer(v) and v >= 1, "an integer >= 1")
-        check("min_damping", number(lambda v: v >= 0), "a finite number >= 0")
-        check("max_damping", number(lambda v: v >= g["min_damping"]), "a finite number >= min_damping")
-        check("kl_clip", lambda v: v is None or (is_number(v) and v > 0), "None or a finite number > 0")
-        check("retry_float64", lambda v: isinstance(v, bool), "True or False")
+        check_hparams("KFAC", g, {
+            "lr": POSITIVE,
+            "damping": NON_NEGATIVE,
+            "factor_decay": FRACTION,
+            "factor_update_freq": COUNT,
+            "inverse_update_freq": COUNT,
+            "momentum": FRACTION,
+            "nesterov": nesterov_needs(g["momentum"]),
+            "weight_decay": NON_NEGATIVE,
+            "fisher": one_of("mc", "empirical"),
+            "damping_mode": one_of("pi", "exact"),
+            "adaptive_damping": FLAG,
+            "damping_adaptation_decay": number(lambda v: 0 < v < 1, "a number in (0, 1)"),
+            "damping_adaptation_interval": COUNT,
+            "min_damping": NON_NEGATIVE,
+            "max_damping": number(lambda v: v >= g["min_damping"], "a finite number >= min_damping"),
+            "kl_clip": Rule(lambda v: v is None or POSITIVE.test(v), "None or a finite number > 0"),
+            "retry_float64": FLAG,
+        })
 
     # -- public helpers ---------------------------------------------------------------------------
 

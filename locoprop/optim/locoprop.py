@@ -58,7 +58,8 @@ from ..capture import CapturedLayer, LayerCapture
 from ..precision import float32_accumulation
 from ..transfer import Transfer
 from .tf_rmsprop import TFRMSProp, tf_rmsprop_update
-from .validation import SIGNATURE_KEY, check_hparam, check_state_dict, guess_owner, is_integer, is_number, signature
+from .validation import (COUNT, POSITIVE, SIGNATURE_KEY, Rule, check_hparams, check_state_dict, guess_owner, is_number,
+                         number, signature)
 
 __all__ = [
     "LocoProp",
@@ -320,24 +321,22 @@ class LocoProp(torch.optim.Optimizer):
         output_activation: str | None = None,
         products: str = "float32",
     ):
-        def check(name, value, test, allowed):
-            check_hparam("LocoProp", name, value, test, allowed)
-
-        check("variant", variant, lambda v: v in VARIANTS, "'M' (matching losses) or 'S' (squared loss)")
-        check("lr", lr, lambda v: _is_lr(v), "a finite number >= 0 or a 0-dim tensor holding one (the inner learning rate)")
-        check("gamma", gamma, lambda v: is_number(v) and v > 0, "a finite number > 0 (the activation learning rate)")
-        check("local_iters", local_iters, lambda v: is_integer(v) and v >= 1, "an integer >= 1 (the number T of local iterations)")
-        check("eta", eta, lambda v: v is None or (is_number(v) and v > 0),
-              "a finite number > 0 (the proximal weight), or None to leave the proximal term out")
-        check("lr_floor", lr_floor, lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]")
-        check("products", products, lambda v: v in PRODUCTS, f"one of {', '.join(PRODUCTS)}")
-        check("inner_kwargs", inner_kwargs, lambda v: v is None or isinstance(v, dict), "a dict of keyword arguments or None")
-        if isinstance(inner, str):
-            check("inner", inner, lambda v: v in INNER_OPTIMIZERS,
-                  f"one of {sorted(INNER_OPTIMIZERS)} or a torch.optim.Optimizer class")
-            inner = INNER_OPTIMIZERS[inner]
-        check("inner", inner, lambda v: isinstance(v, type) and issubclass(v, torch.optim.Optimizer),
-              f"one of {sorted(INNER_OPTIMIZERS)} or a torch.optim.Optimizer class")
+        check_hparams("LocoProp", dict(variant=variant, lr=lr, gamma=gamma, local_iters=local_iters, eta=eta,
+                                       lr_floor=lr_floor, products=products, inner=inner, inner_kwargs=inner_kwargs), {
+            "variant": Rule(lambda v: v in VARIANTS, "'M' (matching losses) or 'S' (squared loss)"),
+            "lr": Rule(_is_lr, "a finite number >= 0 or a 0-dim tensor holding one (the inner learning rate)"),
+            "gamma": POSITIVE.about("the activation learning rate"),
+            "local_iters": COUNT.about("the number T of local iterations"),
+            "eta": Rule(lambda v: v is None or POSITIVE.test(v),
+                        "a finite number > 0 (the proximal weight), or None to leave the proximal term out"),
+            "lr_floor": number(lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+            "products": Rule(lambda v: v in PRODUCTS, f"one of {', '.join(PRODUCTS)}"),
+            "inner": Rule(lambda v: v in INNER_OPTIMIZERS if isinstance(v, str) else
+                          isinstance(v, type) and issubclass(v, torch.optim.Optimizer),
+                          f"one of {sorted(INNER_OPTIMIZERS)} or a torch.optim.Optimizer class"),
+            "inner_kwargs": Rule(lambda v: v is None or isinstance(v, dict), "a dict of keyword arguments or None"),
+        })
+        inner = INNER_OPTIMIZERS[inner] if isinstance(inner, str) else inner
         self.variant = variant
         self.products = products
         self.capture = LayerCapture(model, output_activation)

@@ -54,7 +54,8 @@ import torch
 from torch import Tensor
 
 from .linalg import by_shape, inverse_root
-from .validation import SIGNATURE_KEY, check_hparam, check_state_dict, guess_owner, is_integer, is_number, signature
+from .validation import (COUNT, FLAG, FRACTION, NON_NEGATIVE, POSITIVE, SIGNATURE_KEY, Rule, check_hparams,
+                         check_state_dict, guess_owner, nesterov_needs, one_of, signature)
 
 __all__ = ["Shampoo", "DEFAULT_LR"]
 
@@ -144,29 +145,24 @@ class Shampoo(torch.optim.Optimizer):
 
     @staticmethod
     def _validate(g: dict) -> None:
-        def check(name, test, allowed):
-            check_hparam("Shampoo", name, g[name], test, allowed)
-
-        def number(test):
-            return lambda v: is_number(v) and test(v)
-
-        check("lr", number(lambda v: v > 0), "a finite number > 0")
-        check("momentum", number(lambda v: 0 <= v < 1), "a number in [0, 1)")
-        check("nesterov", lambda v: isinstance(v, bool) and (not v or g["momentum"] > 0),
-              "True or False; True needs momentum > 0")
-        check("weight_decay", number(lambda v: v >= 0), "a finite number >= 0")
-        check("epsilon", number(lambda v: v >= 0), "a finite number >= 0")
-        check("epsilon_mode", lambda v: v in ("absolute", "relative"), "'absolute' or 'relative'")
-        check("statistics", lambda v: v in ("adagrad", "ema"), "'adagrad' or 'ema'")
-        check("beta2", number(lambda v: 0 <= v < 1), "a number in [0, 1)")
-        check("exponent", number(lambda v: v > 0), "a finite number > 0")
-        check("max_preconditioner_dim", lambda v: is_integer(v) and v >= 1, "an integer >= 1")
-        check("precondition_frequency", lambda v: is_integer(v) and v >= 1, "an integer >= 1")
-        check("start_preconditioning_step", lambda v: is_integer(v) and v >= 1, "an integer >= 1")
-        check("grafting", lambda v: v in GRAFTING_TYPES, f"one of {GRAFTING_TYPES}")
-        check("grafting_beta2", number(lambda v: 0 <= v < 1), "a number in [0, 1)")
-        check("grafting_epsilon", number(lambda v: v > 0), "a finite number > 0")
-        check("retry_float64", lambda v: isinstance(v, bool), "True or False")
+        check_hparams("Shampoo", g, {
+            "lr": POSITIVE,
+            "momentum": FRACTION,
+            "nesterov": nesterov_needs(g["momentum"]),
+            "weight_decay": NON_NEGATIVE,
+            "epsilon": NON_NEGATIVE,
+            "epsilon_mode": one_of("absolute", "relative"),
+            "statistics": one_of("adagrad", "ema"),
+            "beta2": FRACTION,
+            "exponent": POSITIVE,
+            "max_preconditioner_dim": COUNT,
+            "precondition_frequency": COUNT,
+            "start_preconditioning_step": COUNT,
+            "grafting": Rule(lambda v: v in GRAFTING_TYPES, f"one of {GRAFTING_TYPES}"),
+            "grafting_beta2": FRACTION,
+            "grafting_epsilon": POSITIVE,
+            "retry_float64": FLAG,
+        })
 
     # -- checkpoints ------------------------------------------------------------------------------
 

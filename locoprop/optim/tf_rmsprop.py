@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from .validation import SIGNATURE_KEY, check_hparam, check_state_dict, guess_owner, is_number, signature
+from .validation import FRACTION, NON_NEGATIVE, SIGNATURE_KEY, check_hparams, check_state_dict, guess_owner, signature
 
 __all__ = ["TFRMSProp", "tf_rmsprop_update"]
 
@@ -33,13 +33,8 @@ class TFRMSProp(torch.optim.Optimizer):
     """RMSProp with TF1 semantics; see the module docstring for the update."""
 
     def __init__(self, params, lr: float = 1e-3, decay: float = 0.9, momentum: float = 0.999, eps: float = 1e-5):
-        for name, value, test, allowed in (
-            ("lr", lr, lambda v: v >= 0, "a finite number >= 0"),
-            ("decay", decay, lambda v: 0 <= v < 1, "a number in [0, 1)"),
-            ("momentum", momentum, lambda v: 0 <= v < 1, "a number in [0, 1)"),
-            ("eps", eps, lambda v: v >= 0, "a finite number >= 0"),
-        ):
-            check_hparam("TFRMSProp", name, value, lambda v, test=test: is_number(v) and test(v), allowed)
+        check_hparams("TFRMSProp", dict(lr=lr, decay=decay, momentum=momentum, eps=eps),
+                      {"lr": NON_NEGATIVE, "decay": FRACTION, "momentum": FRACTION, "eps": NON_NEGATIVE})
         super().__init__(params, dict(lr=lr, decay=decay, momentum=momentum, eps=eps))
 
     def _signature(self) -> dict:

@@ -1,7 +1,10 @@
 """Checks shared by the optimizers: hyper-parameters, and which optimizer a state_dict belongs to.
 
 **Hyper-parameters.**  :func:`check_hparam` raises a one-line ``ValueError`` that names the
-optimizer, the parameter, the value given and what is expected.  A *number* is an ``int`` or
+optimizer, the parameter, the value given and what is expected; :func:`check_hparams` checks a
+group of them against their :class:`Rule` (a test and the words for what it allows), and the rules
+the optimizers share are constants here (:data:`POSITIVE`, :data:`NON_NEGATIVE`, :data:`FRACTION`,
+:data:`COUNT`, :data:`FLAG`, :func:`one_of`, :func:`nesterov_needs`).  A *number* is an ``int`` or
 ``float`` (NumPy's scalars included) that is finite; a string such as ``"0.1"`` (a number quoted
 in a JSON file), ``True``/``False``, NaN and ±inf are not.  An *integer* is an ``int`` (or NumPy
 integer), never a float such as ``2.9`` or ``3.0`` (nothing is truncated) and never a bool.
@@ -20,14 +23,25 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
 
 __all__ = [
     "SIGNATURE_KEY",
+    "COUNT",
+    "FLAG",
+    "FRACTION",
+    "NON_NEGATIVE",
+    "POSITIVE",
+    "Rule",
     "check_hparam",
+    "check_hparams",
+    "nesterov_needs",
+    "number",
+    "one_of",
     "is_number",
     "is_integer",
     "signature",
@@ -57,6 +71,47 @@ def check_hparam(owner: str, name: str, value: Any, test: Callable[[Any], bool],
         ok = False
     if not ok:
         raise ValueError(f"{owner}: invalid {name}={value!r} ({type(value).__name__}); expected {allowed}")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a hyper-parameter may be: the values for which ``test`` holds, described in words by ``allowed``."""
+
+    test: Callable[[Any], bool]
+    allowed: str
+
+    def about(self, meaning: str) -> Rule:
+        """The same rule, its words followed by what the parameter means: ``a finite number > 0 (the ...)``."""
+        return Rule(self.test, f"{self.allowed} ({meaning})")
+
+
+def number(test: Callable[[Any], bool], allowed: str) -> Rule:
+    """The rule "a number (:func:`is_number`) for which ``test`` holds"."""
+    return Rule(lambda v: is_number(v) and test(v), allowed)
+
+
+def one_of(*choices: Any) -> Rule:
+    """The rule "one of ``choices``", in words ``'a', 'b' or 'c'``."""
+    words = ", ".join(map(repr, choices[:-1])) + " or " + repr(choices[-1]) if len(choices) > 1 else repr(choices[0])
+    return Rule(lambda v: v in choices, words)
+
+
+def nesterov_needs(momentum: Any) -> Rule:
+    """The rule of a ``nesterov`` flag: a bool, True only with a ``momentum`` > 0 to look ahead with."""
+    return Rule(lambda v: isinstance(v, bool) and (not v or momentum > 0), "True or False; True needs momentum > 0")
+
+
+POSITIVE = number(lambda v: v > 0, "a finite number > 0")
+NON_NEGATIVE = number(lambda v: v >= 0, "a finite number >= 0")
+FRACTION = number(lambda v: 0 <= v < 1, "a number in [0, 1)")  # a decay or momentum
+COUNT = Rule(lambda v: is_integer(v) and v >= 1, "an integer >= 1")
+FLAG = Rule(lambda v: isinstance(v, bool), "True or False")
+
+
+def check_hparams(owner: str, values: Mapping[str, Any], rules: Mapping[str, Rule]) -> None:
+    """:func:`check_hparam` for each ``name: rule`` of ``rules`` on ``values[name]``, in the rules' order."""
+    for name, rule in rules.items():
+        check_hparam(owner, name, values[name], rule.test, rule.allowed)
 
 
 def signature(optimizer: str, params: Iterable[Tensor], **details: str) -> dict[str, Any]:

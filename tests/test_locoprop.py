@@ -11,6 +11,7 @@ import locoprop
 from locoprop.capture import LayerCapture
 from locoprop.experiments.counting import OpCounter
 from locoprop.models import deep_autoencoder, reconstruction_loss
+from locoprop.optim import locoprop as locoprop_module
 from locoprop.optim.locoprop import closed_form_s, implicit_m, local_iterates, local_target
 from locoprop.transfer import get_transfer
 
@@ -71,12 +72,19 @@ def test_one_local_sgd_step_is_one_backprop_step(variant, hidden, out):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
 
 
+@pytest.fixture(params=["gram", "displacement"])
+def local_form(request, monkeypatch):
+    """Each layer's local gradient in the given form, whatever the shapes make cheaper (see ``gram_pays``)."""
+    monkeypatch.setattr(locoprop_module, "gram_pays", lambda *shape: request.param == "gram")
+    return request.param
+
+
 def weights_aug(linear):
     return torch.cat([linear.weight, linear.bias[:, None]], 1).detach().numpy()
 
 
 @pytest.mark.parametrize("T", [1, 2, 7])
-def test_locoprop_s_iterates_are_the_truncated_neumann_series(T, recorded_pass):
+def test_locoprop_s_iterates_are_the_truncated_neumann_series(T, recorded_pass, local_form):
     nu, gamma, eta = 0.02, 2.0, 5.0
     x, y = batch()
     model = tiny_mlp("tanh")
@@ -94,7 +102,23 @@ def test_locoprop_s_iterates_are_the_truncated_neumann_series(T, recorded_pass):
         np.testing.assert_allclose(weights_aug(m), expected, rtol=1e-10, atol=1e-12)
 
 
-def test_locoprop_s_converges_to_the_closed_form(recorded_pass):
+def test_locoprop_m_with_identity_transfers_takes_locoprop_s_steps(local_form):
+    # f = identity: the matching loss is the squared loss and f(A) - gamma G = A - gamma G, so M's local
+    # problems are S's; M takes the displacement form, S each of the two
+    x, y = batch()
+    runs = {}
+    for variant in ("M", "S"):
+        model = tiny_mlp("identity")
+        opt = locoprop.LocoProp(model, lr=0.02, variant=variant, gamma=2.0, local_iters=5, eta=3.0,
+                                output_activation="identity")
+        for _ in range(3):
+            train_step(model, opt, x, y, output_loss("identity"))
+        runs[variant] = list(model.parameters())
+    for p, q in zip(runs["M"], runs["S"]):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+
+
+def test_locoprop_s_converges_to_the_closed_form(recorded_pass, local_form):
     gamma, eta, nu, T = 2.0, 0.5, 0.01, 3000
     x, y = batch(n=20)
     model = tiny_mlp("tanh")

@@ -25,6 +25,18 @@ of the product: relative :math:`2^{-8}` in bfloat16, :math:`2^{-11}` under TF32 
 displacement form the first residual is exactly :math:`\gamma G` in every precision, and later ones
 carry the product's rounding only on the displacement.
 
+**Gram form.**  LocoProp-S's residual is affine in the displacement, :math:`\delta = R_0 + \bar X\Delta^\top`
+with :math:`R_0 = A - \tilde A` and :math:`\Delta = \bar W - \bar W^t`, so its local gradient is
+:math:`R_0^\top\bar X + \Delta\,\bar X^\top\bar X`: the step forms :math:`\bar X^\top\bar X` and
+:math:`R_0^\top\bar X` once (:math:`B d_{in}(d_{in} + d_{out})` multiply-adds for a batch of :math:`B`)
+and each local iteration costs one :math:`d_{out}\times d_{in}\times d_{in}` product instead of two
+:math:`B\times d_{in}\times d_{out}` ones.  A layer takes the Gram form when that costs fewer
+multiply-adds over its :math:`T` iterations (:func:`gram_pays`; at the paper's batch of 1000 every
+layer of the deep autoencoder does, about half the local products' work) and the products are
+float32.  The first local gradient is :math:`R_0^\top\bar X` in both forms, computed the same way;
+later ones differ from the displacement form's only by the order of the sums in the products.
+LocoProp-M's residual :math:`f(\hat A) - Y^\dagger` is not affine: it keeps the displacement form.
+
 **Precision of the local products** (``products``).  ``"float32"`` or ``"bfloat16"``: the two products
 of an iteration (the displacement's and the gradient's) in that dtype, with float32 accumulation
 (under ``torch.autocast`` the recorded :math:`A` is the forward product's output, upcast once).
@@ -49,7 +61,7 @@ step.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -66,6 +78,7 @@ __all__ = [
     "VARIANTS",
     "local_target",
     "local_residual",
+    "gram_pays",
     "closed_form_s",
     "local_iterates",
     "implicit_m",
@@ -104,6 +117,25 @@ def local_target(variant: str, transfer: Transfer, preact: Tensor, grad: Tensor,
 def local_residual(variant: str, transfer: Transfer, preact_hat: Tensor, target: Tensor) -> Tensor:
     r""":math:`\delta = \partial(\text{local loss})/\partial\hat A`: :math:`\hat A - \tilde A` (S), :math:`f(\hat A) - Y^\dagger` (M)."""
     return (preact_hat if variant == "S" else transfer.f(preact_hat)) - target
+
+
+def gram_pays(batch: int, d_in: int, d_out: int, local_iters: int) -> bool:
+    r"""Whether the Gram form (see the module docstring) takes fewer multiply-adds than the displacement form
+    for ``local_iters`` iterations of a :math:`d_{in} \to d_{out}` layer on a batch of ``batch`` rows:
+    :math:`B d_{in}(d_{in} + d_{out}) + T d_{out} d_{in}^2 < 2 T B d_{in} d_{out}`."""
+    return batch * d_in * (d_in + d_out) + local_iters * d_out * d_in**2 < 2 * local_iters * batch * d_in * d_out
+
+
+class _GramTerms(NamedTuple):
+    r"""What the Gram form of one layer's local gradient needs, formed once per step: :math:`X^\top X`,
+    :math:`X^\top 1`, :math:`R_0^\top X` and :math:`R_0^\top 1` (:math:`X` the layer inputs, :math:`R_0` the first
+    residual), and the batch size."""
+
+    gram: Tensor
+    input_sums: Tensor
+    weight_grad: Tensor
+    bias_grad: Tensor
+    batch: int
 
 
 def _augment(inputs: Tensor) -> Tensor:
@@ -381,15 +413,18 @@ class LocoProp(torch.optim.Optimizer):
         low = PRODUCTS[self.products]
         torch._foreach_copy_([p0 for layer in layers for p0 in self._starts[layer.index]], self._params())
         low_inputs = [layer.inputs.to(low) for layer in layers] if low else [layer.inputs for layer in layers]
+        grams = [self._gram_terms(layer, target, group["local_iters"]) if low is None else None
+                 for layer, target, group in zip(layers, targets, groups)]
         with float32_accumulation(self._device, enabled=low is not None):
             if self._multi_tensor:
-                self._multi_tensor_iterations(targets, low_inputs)
+                self._multi_tensor_iterations(targets, low_inputs, grams)
             else:
-                self._inner_optimizer_iterations(targets, low_inputs)
+                self._inner_optimizer_iterations(targets, low_inputs, grams)
         self.capture.clear()
         return loss
 
-    def _multi_tensor_iterations(self, targets: list[Tensor], low_inputs: list[Tensor]) -> None:
+    def _multi_tensor_iterations(self, targets: list[Tensor], low_inputs: list[Tensor],
+                                 grams: list[_GramTerms | None]) -> None:
         """The local iterations with TF1-RMSProp: iteration j of every layer, then one multi-tensor
         update of all layers (the layers' problems stay independent)."""
         layers, groups = self.capture.layers, self.param_groups
@@ -402,7 +437,8 @@ class LocoProp(torch.optim.Optimizer):
                 if j >= iters[k] or not any(p.requires_grad for p in layer.params):  # T done, or a frozen layer
                     continue
                 grads = self._local_grads[layer.index]
-                self._local_gradient(layer, targets[k], self._starts[layer.index], group["eta"], low_inputs[k], grads)
+                self._local_gradient(layer, targets[k], self._starts[layer.index], group["eta"], low_inputs[k],
+                                     grams[k], grads)
                 batch = batches.setdefault(hyper[k], [[], [], [], [], []])
                 for p, g in zip(layer.params, grads):
                     if not p.requires_grad:  # a frozen parameter stays where it is
@@ -413,7 +449,8 @@ class LocoProp(torch.optim.Optimizer):
             for (decay, momentum, eps), (params, grads, ms, mom, lr) in batches.items():
                 tf_rmsprop_update(params, grads, ms, mom, lr, decay, momentum, eps)
 
-    def _inner_optimizer_iterations(self, targets: list[Tensor], low_inputs: list[Tensor]) -> None:
+    def _inner_optimizer_iterations(self, targets: list[Tensor], low_inputs: list[Tensor],
+                                    grams: list[_GramTerms | None]) -> None:
         """The local iterations with a ``torch.optim`` inner optimizer: the local gradients in ``.grad``
         (the BackProp gradients are put back afterwards), one inner step per local iteration."""
         layers, groups = self.capture.layers, self.param_groups
@@ -428,7 +465,7 @@ class LocoProp(torch.optim.Optimizer):
                 T = group["local_iters"]
                 if j < T and any(p.requires_grad for p in layer.params):
                     self._local_gradient(layer, targets[k], self._starts[layer.index], group["eta"], low_inputs[k],
-                                         self._local_grads[layer.index])
+                                         grams[k], self._local_grads[layer.index])
                 else:  # this layer has done its T iterations
                     for p in layer.params:
                         p.grad = None
@@ -467,24 +504,47 @@ class LocoProp(torch.optim.Optimizer):
     def _params(self) -> list[nn.Parameter]:
         return [p for layer in self.capture.layers for p in layer.params]
 
+    def _gram_terms(self, layer: CapturedLayer, target: Tensor, local_iters: int) -> _GramTerms | None:
+        """The layer's :class:`_GramTerms` for LocoProp-S where :func:`gram_pays`, else None (the displacement
+        form)."""
+        x = layer.inputs
+        if not (self.variant == "S" and gram_pays(x.shape[0], x.shape[1], layer.module.out_features, local_iters)):
+            return None
+        first = local_residual(self.variant, layer.transfer, layer.preact, target)
+        return _GramTerms(x.T @ x, x.sum(dim=0), first.T @ x, first.sum(dim=0), x.shape[0])
+
     def _local_gradient(self, layer: CapturedLayer, target: Tensor, start: list[Tensor], eta: float | None,
-                        x_low: Tensor, grads: list[Tensor]) -> None:
-        r"""Write :math:`\delta^\top\bar X + \eta^{-1}(\bar W - \bar W^t)` into ``grads`` (weight, bias),
-        with :math:`\hat A = A + \bar X(\bar W - \bar W^t)^\top` (``start`` holds :math:`\bar W^t`) and the two
-        products taken in the dtype of ``x_low`` (the layer inputs in the precision of ``products``).
+                        x_low: Tensor, gram: _GramTerms | None, grads: list[Tensor]) -> None:
+        r"""Write :math:`\delta^\top\bar X + \eta^{-1}(\bar W - \bar W^t)` into ``grads`` (weight, bias).
+
+        Displacement form (``gram`` None): :math:`\hat A = A + \bar X(\bar W - \bar W^t)^\top` (``start`` holds
+        :math:`\bar W^t`), the two products taken in the dtype of ``x_low`` (the layer inputs in the precision
+        of ``products``).  Gram form: with :math:`\Delta W`, :math:`\Delta b` the displacements,
+        :math:`R_0^\top X + \Delta W X^\top X + \Delta b\,(X^\top 1)^\top` and
+        :math:`R_0^\top 1 + \Delta W X^\top 1 + B\Delta b`.
         """
         module, x = layer.module, layer.inputs
-        shift = (module.weight - start[0]).to(x_low.dtype)
-        preact_hat = layer.preact + (x_low @ shift.T).to(x.dtype)
-        if module.bias is not None:
-            preact_hat = preact_hat + (module.bias - start[1])
-        delta = local_residual(self.variant, layer.transfer, preact_hat, target)
-        if x_low.dtype == grads[0].dtype:
-            torch.mm(delta.T, x_low, out=grads[0])
+        has_bias = module.bias is not None
+        if gram is not None:
+            shift = module.weight - start[0]
+            torch.addmm(gram.weight_grad, shift, gram.gram, out=grads[0])
+            if has_bias:
+                bias_shift = module.bias - start[1]
+                grads[0].addr_(bias_shift, gram.input_sums)
+                torch.addmv(gram.bias_grad, shift, gram.input_sums, out=grads[1])
+                grads[1].add_(bias_shift, alpha=gram.batch)
         else:
-            grads[0].copy_(delta.to(x_low.dtype).T @ x_low)
-        if module.bias is not None:
-            torch.sum(delta, dim=0, out=grads[1])
+            shift = (module.weight - start[0]).to(x_low.dtype)
+            preact_hat = layer.preact + (x_low @ shift.T).to(x.dtype)
+            if has_bias:
+                preact_hat = preact_hat + (module.bias - start[1])
+            delta = local_residual(self.variant, layer.transfer, preact_hat, target)
+            if x_low.dtype == grads[0].dtype:
+                torch.mm(delta.T, x_low, out=grads[0])
+            else:
+                grads[0].copy_(delta.to(x_low.dtype).T @ x_low)
+            if has_bias:
+                torch.sum(delta, dim=0, out=grads[1])
         if eta is not None:
             for g, p, p0 in zip(grads, layer.params, start):
                 g.add_(p - p0, alpha=1.0 / eta)

@@ -20,7 +20,7 @@ def matmul_flops(sizes, batch):
 @pytest.fixture(scope="module")
 def rows():
     data = torch.rand(4 * B, SIZES[0], generator=torch.Generator().manual_seed(0))
-    contenders = [c for c in bench.CONTENDERS if c.optimizer in ("sgd", "rmsprop", "locoprop-m")]
+    contenders = [c for c in bench.CONTENDERS if c.optimizer in ("sgd", "rmsprop", "locoprop-m", "locoprop-s")]
     return bench.benchmark(contenders, "cpu", epochs=2, warmup_epochs=1, steps_per_epoch=2, batch_size=B, data=data,
                            sizes=SIZES)
 
@@ -35,6 +35,13 @@ def test_flops_of_a_locoprop_step(rows):
     forward, weight_grad, _ = matmul_flops(SIZES, B)
     # T = 10 local iterations, each a forward product X W^T and a gradient product delta^T X per layer
     assert loco["flops_per_step"] == sum(matmul_flops(SIZES, B)) + 10 * (forward + weight_grad)
+
+
+def test_flops_of_a_locoprop_s_step_in_the_gram_form(rows):
+    loco = next(r for r in rows if r["optimizer"] == "locoprop-s" and r.get("precision", "fp32") == "fp32")
+    # every layer of these sizes takes the Gram form: X^T X and R0^T X once, then T = 10 products Delta (X^T X)
+    gram = sum(2 * B * a * a + 2 * B * a * b + 10 * 2 * b * a * a for a, b in zip(SIZES[:-1], SIZES[1:]))
+    assert loco["flops_per_step"] == sum(matmul_flops(SIZES, B)) + gram
 
 
 def test_rows_report_epochs_and_ratios(rows):

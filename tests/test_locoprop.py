@@ -12,7 +12,8 @@ from locoprop.capture import LayerCapture
 from locoprop.experiments.counting import OpCounter
 from locoprop.models import deep_autoencoder, reconstruction_loss
 from locoprop.optim import locoprop as locoprop_module
-from locoprop.optim.locoprop import closed_form_s, implicit_m, local_iterates, local_target
+from locoprop.models import PAPER_SIZES
+from locoprop.optim.locoprop import closed_form_s, gram_pays, implicit_m, local_iterates, local_target
 from locoprop.transfer import get_transfer
 
 HIDDEN = ["identity", "sigmoid", "tanh", "relu"]
@@ -100,6 +101,17 @@ def test_locoprop_s_iterates_are_the_truncated_neumann_series(T, recorded_pass, 
         series = sum(np.linalg.matrix_power(np.eye(len(C)) - nu * C, i) for i in range(T))
         expected = W0 - nu * gamma * grad_L @ series  # C is symmetric: right-multiplication
         np.testing.assert_allclose(weights_aug(m), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_the_gram_form_halves_the_local_work_of_the_paper_autoencoder():
+    # the method chapter's statement, from the multiply-adds of each form (the products that
+    # test_bench's FLOP counts find a step doing): batch 1000, T = 10
+    shapes = list(zip(PAPER_SIZES[:-1], PAPER_SIZES[1:]))
+    assert all(gram_pays(1000, d_in, d_out, 10) for d_in, d_out in shapes)
+    displacement = sum(2 * 10 * 1000 * d_in * d_out for d_in, d_out in shapes)
+    gram = sum(1000 * d_in * (d_in + d_out) + 10 * d_out * d_in**2 for d_in, d_out in shapes)
+    assert 0.45 < gram / displacement < 0.55
+    assert not gram_pays(10, 1000, 1000, 10)  # a batch far narrower than the layer: two thin products are cheaper
 
 
 def test_locoprop_m_with_identity_transfers_takes_locoprop_s_steps(local_form):

@@ -506,9 +506,10 @@ class LocoProp(torch.optim.Optimizer):
 
     def _gram_terms(self, layer: CapturedLayer, target: Tensor, local_iters: int) -> _GramTerms | None:
         """The layer's :class:`_GramTerms` for LocoProp-S where :func:`gram_pays`, else None (the displacement
-        form)."""
+        form, or a frozen layer)."""
         x = layer.inputs
-        if not (self.variant == "S" and gram_pays(x.shape[0], x.shape[1], layer.module.out_features, local_iters)):
+        if not (self.variant == "S" and any(p.requires_grad for p in layer.params)
+                and gram_pays(x.shape[0], x.shape[1], layer.module.out_features, local_iters)):
             return None
         first = local_residual(self.variant, layer.transfer, layer.preact, target)
         return _GramTerms(x.T @ x, x.sum(dim=0), first.T @ x, first.sum(dim=0), x.shape[0])

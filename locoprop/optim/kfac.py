@@ -79,7 +79,7 @@ from torch import Tensor, nn
 
 from ..capture import CapturedLayer, LayerCapture
 from .linalg import by_shape, damped_cholesky_inverses, eigh_with_retry
-from .validation import (COUNT, FLAG, FRACTION, NON_NEGATIVE, POSITIVE, SIGNATURE_KEY, Rule, check_hparam,
+from .validation import (COUNT, FLAG, FRACTION, NON_NEGATIVE, POSITIVE, SIGNATURE_KEY, check_hparam,
                          check_hparams, check_state_dict, guess_owner, is_integer, nesterov_needs, number, one_of, signature)
 
 __all__ = ["KFAC", "DEFAULT_LR", "DEFAULT_DAMPING", "ADAPTIVE_INITIAL_DAMPING"]
@@ -198,7 +198,7 @@ class KFAC(torch.optim.Optimizer):
             "damping_adaptation_interval": COUNT,
             "min_damping": NON_NEGATIVE,
             "max_damping": number(lambda v: v >= g["min_damping"], "a finite number >= min_damping"),
-            "kl_clip": Rule(lambda v: v is None or POSITIVE.test(v), "None or a finite number > 0"),
+            "kl_clip": POSITIVE.or_none("None or a finite number > 0"),
             "retry_float64": FLAG,
         })
 

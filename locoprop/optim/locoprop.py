@@ -359,8 +359,8 @@ class LocoProp(torch.optim.Optimizer):
             "lr": Rule(_is_lr, "a finite number >= 0 or a 0-dim tensor holding one (the inner learning rate)"),
             "gamma": POSITIVE.about("the activation learning rate"),
             "local_iters": COUNT.about("the number T of local iterations"),
-            "eta": Rule(lambda v: v is None or POSITIVE.test(v),
-                        "a finite number > 0 (the proximal weight), or None to leave the proximal term out"),
+            "eta": POSITIVE.or_none(
+                "a finite number > 0 (the proximal weight), or None to leave the proximal term out"),
             "lr_floor": number(lambda v: 0 <= v <= 1, "a number in [0, 1]"),
             "products": Rule(lambda v: v in PRODUCTS, f"one of {', '.join(PRODUCTS)}"),
             "inner": Rule(lambda v: v in INNER_OPTIMIZERS if isinstance(v, str) else
@@ -413,7 +413,7 @@ class LocoProp(torch.optim.Optimizer):
         low = PRODUCTS[self.products]
         torch._foreach_copy_([p0 for layer in layers for p0 in self._starts[layer.index]], self._params())
         low_inputs = [layer.inputs.to(low) for layer in layers] if low else [layer.inputs for layer in layers]
-        grams = [self._gram_terms(layer, target, group["local_iters"]) if low is None else None
+        grams = [self._gram_terms(layer, target, group["local_iters"])
                  for layer, target, group in zip(layers, targets, groups)]
         with float32_accumulation(self._device, enabled=low is not None):
             if self._multi_tensor:
@@ -505,10 +505,11 @@ class LocoProp(torch.optim.Optimizer):
         return [p for layer in self.capture.layers for p in layer.params]
 
     def _gram_terms(self, layer: CapturedLayer, target: Tensor, local_iters: int) -> _GramTerms | None:
-        """The layer's :class:`_GramTerms` for LocoProp-S where :func:`gram_pays`, else None (the displacement
-        form, or a frozen layer)."""
+        """The layer's :class:`_GramTerms` for LocoProp-S with products in the weights' dtype where :func:`gram_pays`, else None
+        (the displacement form, or a frozen layer)."""
         x = layer.inputs
-        if not (self.variant == "S" and any(p.requires_grad for p in layer.params)
+        own_precision = PRODUCTS[self.products] is None  # products in the weights' dtype, not bfloat16
+        if not (self.variant == "S" and own_precision and any(p.requires_grad for p in layer.params)
                 and gram_pays(x.shape[0], x.shape[1], layer.module.out_features, local_iters)):
             return None
         first = local_residual(self.variant, layer.transfer, layer.preact, target)

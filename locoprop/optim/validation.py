@@ -84,6 +84,10 @@ class Rule:
         """The same rule, its words followed by what the parameter means: ``a finite number > 0 (the ...)``."""
         return Rule(self.test, f"{self.allowed} ({meaning})")
 
+    def or_none(self, allowed: str) -> Rule:
+        """This rule, None also allowed, described by ``allowed``."""
+        return Rule(lambda v: v is None or self.test(v), allowed)
+
 
 def number(test: Callable[[Any], bool], allowed: str) -> Rule:
     """The rule "a number (:func:`is_number`) for which ``test`` holds"."""
